@@ -1,0 +1,36 @@
+"""Load openmm-torch next to the torch it was built against.
+
+``openmmtorch==1.5`` links the CUDA build of libtorch and needs ``libnvrtc.so.12``;
+that library is found only after ``import torch`` has loaded torch's own CUDA
+dependencies, so torch must be imported first. Its binaries match torch 2.9.1 only.
+"""
+
+from __future__ import annotations
+
+REQUIRED_TORCH = "2.9.1"
+REQUIRED_OPENMM = "8.6.1"
+REQUIRED_OPENMMTORCH = "1.5"
+
+
+def import_openmmtorch():
+    """Return the ``openmmtorch`` module, or raise ``ImportError`` saying which versions work."""
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    try:
+        import openmm
+        import openmmtorch
+    except ImportError as exc:
+        raise ImportError(
+            f"openmm-torch could not be loaded ({exc}). It needs torch=={REQUIRED_TORCH} "
+            f"(found {torch_version}), openmm=={REQUIRED_OPENMM} and "
+            f"openmmtorch=={REQUIRED_OPENMMTORCH}; install those three together "
+            "(`make venv` does)."
+        ) from exc
+    if torch_version != REQUIRED_TORCH:
+        raise ImportError(
+            f"openmmtorch {REQUIRED_OPENMMTORCH} is built for torch {REQUIRED_TORCH}, "
+            f"but torch {torch_version} is installed; pin torch=={REQUIRED_TORCH}."
+        )
+    del openmm
+    return openmmtorch

@@ -1,0 +1,1 @@
+"""Liquid-property protocols (installed as ``allscaip.protocols``)."""
