@@ -1,0 +1,122 @@
+"""Attention layers: neighbourhood attention over each atom's slots (source, then
+destination layout) and node attention over all atoms of the system.
+
+Parameter names follow fairchem's AllScAIP so its state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from allscaip.features import node_attention_bias
+
+
+class AttentionProjections(nn.Module):
+    """q/k/v input projections and the output projection of multi-head attention."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attn_in_proj_q = nn.Linear(hidden_size, hidden_size)
+        self.attn_in_proj_k = nn.Linear(hidden_size, hidden_size)
+        self.attn_in_proj_v = nn.Linear(hidden_size, hidden_size)
+        self.attn_out_proj = nn.Linear(hidden_size, hidden_size)
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) -> (B, heads, L, head_dim)."""
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Softmax attention scaled by 1/sqrt(head_dim); (B, heads, L, .) -> (B, L, H)."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             scale=1.0 / math.sqrt(self.head_dim))
+        out = out.permute(0, 2, 1, 3).reshape(v.shape[0], q.shape[2], self.num_heads * self.head_dim)
+        return self.attn_out_proj(out)
+
+
+class NeighborhoodAttention(nn.Module):
+    """Self-attention among an atom's neighbour slots, first grouped by source atom,
+    then by destination atom, each a pre-norm residual update."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int,
+                 frequency_repeats: List[int], use_freq_mask: bool, use_residual_scaling: bool):
+        super().__init__()
+        self.src_attn = AttentionProjections(hidden_size, num_heads)
+        self.dst_attn = AttentionProjections(hidden_size, num_heads)
+        self.src_attn_norm = nn.RMSNorm(hidden_size)
+        self.dst_attn_norm = nn.RMSNorm(hidden_size)
+        scale = 1.0 / num_layers if use_residual_scaling else 1.0
+        self.src_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
+        self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
+        self.use_freq_mask = use_freq_mask
+        self.frequency_repeats = frequency_repeats
+
+    def expand_by_frequency(self, x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+        """Tile channel block l (repeats[l] channels) 2l+1 times and multiply by the
+        per-edge harmonics: (N, heads, P, head_dim) -> (N, heads, P, F)."""
+        parts: List[torch.Tensor] = []
+        start = 0
+        for l, count in enumerate(self.frequency_repeats):
+            if count > 0:
+                block = x[..., start:start + count].unsqueeze(-1).expand(-1, -1, -1, -1, 2 * l + 1)
+                parts.append(block.reshape(x.shape[0], x.shape[1], x.shape[2], count * (2 * l + 1)))
+                start += count
+        return torch.cat(parts, dim=-1) * frequencies.unsqueeze(1)
+
+    def self_attention(self, layer: AttentionProjections, x: torch.Tensor, bias: torch.Tensor,
+                       frequencies: torch.Tensor) -> torch.Tensor:
+        q = layer.split_heads(layer.attn_in_proj_q(x))
+        k = layer.split_heads(layer.attn_in_proj_k(x))
+        v = layer.split_heads(layer.attn_in_proj_v(x))
+        if self.use_freq_mask:
+            q = self.expand_by_frequency(q, frequencies)
+            k = self.expand_by_frequency(k, frequencies)
+        return layer.attend(q, k, v, bias[:, None, None, :])
+
+    def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
+                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+        """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty."""
+        n_atoms, n_slots, hidden = x.shape
+        x = x + self.src_attn_res_scale * self.self_attention(
+            self.src_attn, self.src_attn_norm(x), src_bias, frequencies)
+        x = x.reshape(n_atoms * n_slots, hidden)[to_dst].reshape(n_atoms, n_slots, hidden)
+        if self.use_freq_mask:
+            frequencies = frequencies.reshape(n_atoms * n_slots, -1)[to_dst].reshape(n_atoms, n_slots, -1)
+        x = x + self.dst_attn_res_scale * self.self_attention(
+            self.dst_attn, self.dst_attn_norm(x), dst_bias, frequencies)
+        return x.reshape(n_atoms * n_slots, hidden)[to_src].reshape(n_atoms, n_slots, hidden)
+
+
+class NodeAttention(AttentionProjections):
+    """Attention of every atom over all atoms of the system (no images), optionally
+    biased by learned mixtures of sinc kernels of the minimum-image distance."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, num_frequencies: int,
+                 use_sincx_mask: bool, use_residual_scaling: bool):
+        super().__init__(hidden_size, num_heads)
+        self.node_norm = nn.RMSNorm(hidden_size)
+        scale = 1.0 / num_layers if use_residual_scaling else 1.0
+        self.node_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
+        self.use_sincx_mask = use_sincx_mask
+        if use_sincx_mask:
+            self.radial_weight = nn.Parameter(torch.full((num_heads, num_frequencies), 1.0 / num_frequencies))
+        else:
+            self.register_buffer("radial_weight", torch.empty(0), persistent=False)
+
+    def forward(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
+        """x: (N, H); sinc: (N, N, K) kernels, or empty when the mask is off."""
+        normed = self.node_norm(x).unsqueeze(0)
+        q = self.split_heads(self.attn_in_proj_q(normed))
+        k = self.split_heads(self.attn_in_proj_k(normed))
+        v = self.split_heads(self.attn_in_proj_v(normed))
+        bias: Optional[torch.Tensor] = None
+        if self.use_sincx_mask:
+            bias = node_attention_bias(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(q.dtype)
+        return self.node_attn_res_scale * self.attend(q, k, v, bias).squeeze(0) + x

@@ -1,0 +1,90 @@
+"""Model hyper-parameters, with fairchem's AllScAIP names and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+SUPPORTED_ACTIVATIONS = ("gelu",)
+SUPPORTED_NORMALIZATIONS = ("rmsnorm",)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one AllScAIP model. Lengths in Angstrom.
+
+    Field names follow fairchem's backbone configuration so that a fairchem
+    ``model_config["backbone"]`` maps onto this class one to one.
+    """
+
+    hidden_size: int
+    num_layers: int
+    atten_num_heads: int
+    max_radius: float
+    knn_k: int
+    max_num_elements: int = 110
+    direct_forces: bool = False
+    regress_forces: bool = True
+    regress_stress: bool = False
+    use_node_path: bool = True
+    use_freq_mask: bool = True
+    use_sincx_mask: bool = True
+    use_residual_scaling: bool = True
+    use_envelope: bool = True
+    knn_soft: bool = True
+    knn_sigmoid_scale: float = 0.2
+    knn_lse_scale: float = 0.1
+    knn_use_low_mem: bool = True
+    knn_delta: int = 20
+    distance_function: str = "gaussian"
+    freequency_list: list[int] = field(default_factory=lambda: [20, 10, 4, 10, 20])
+    attn_num_freq: int = 32
+    node_direction_expansion_size: int = 10
+    edge_direction_expansion_size: int = 6
+    edge_distance_expansion_size: int = 512
+    output_hidden_layer_multiplier: int = 2
+    ffn_hidden_layer_multiplier: int = 2
+    energy_reduce: str = "sum"
+    activation: str = "gelu"
+    normalization: str = "rmsnorm"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.atten_num_heads
+
+    def validate(self) -> None:
+        problems = []
+        if self.hidden_size % self.atten_num_heads:
+            problems.append(f"hidden_size {self.hidden_size} is not divisible by "
+                            f"atten_num_heads {self.atten_num_heads}")
+        if self.use_freq_mask and sum(self.freequency_list) != self.head_dim:
+            problems.append(f"sum(freequency_list)={sum(self.freequency_list)} must equal "
+                            f"hidden_size/atten_num_heads={self.head_dim}")
+        if self.activation not in SUPPORTED_ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} not supported "
+                            f"(supported: {SUPPORTED_ACTIVATIONS})")
+        if self.normalization not in SUPPORTED_NORMALIZATIONS:
+            problems.append(f"normalization {self.normalization!r} not supported "
+                            f"(supported: {SUPPORTED_NORMALIZATIONS})")
+        if self.distance_function != "gaussian":
+            problems.append(f"distance_function {self.distance_function!r} not supported")
+        if not (self.knn_soft and self.knn_use_low_mem):
+            problems.append("only the soft, low-memory k-NN graph (fairchem's inference "
+                            "default) is supported")
+        if self.energy_reduce != "sum":
+            problems.append("only energy_reduce='sum' is supported")
+        if not self.use_node_path:
+            problems.append("use_node_path=False is not supported")
+        if problems:
+            raise ValueError("Invalid AllScAIP configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Build from a dict; keys that are not fields are ignored (as fairchem does)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})

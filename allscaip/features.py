@@ -1,0 +1,96 @@
+"""Geometric features of the neighbour graph: distance and direction expansions,
+bond-orientational order, frequency vectors and the sinc kernels of node attention."""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+
+from allscaip.spherical import spherical_harmonics
+
+
+def unit_vectors(disp: torch.Tensor) -> torch.Tensor:
+    """disp / |disp| over the last axis; the zero vector stays zero (zero gradient)."""
+    squared = disp.square().sum(dim=-1, keepdim=True)
+    norm = squared.clamp_min(1e-12).sqrt()
+    return torch.where(squared <= 1e-12, torch.zeros_like(disp), disp / norm)
+
+
+def gaussian_offsets(cutoff: float, size: int) -> torch.Tensor:
+    """Gaussian centres on [0, cutoff], computed in float32 like the reference model."""
+    return torch.linspace(0.0, cutoff, size, dtype=torch.float32)
+
+
+def gaussian_expansion(distance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """exp(-(d - mu)^2 / (2 (2 delta)^2)) for each centre mu; delta = centre spacing."""
+    spacing = float(offsets[1].item() - offsets[0].item())
+    coefficient = -0.5 / (2.0 * spacing) ** 2
+    centres = offsets.to(distance.dtype)
+    return torch.exp(coefficient * (distance.unsqueeze(-1) - centres).square())
+
+
+def bond_orientational_order(directions: torch.Tensor, real_slot: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Steinhardt-like order per atom: (N, lmax+1).
+
+    directions: (N, P, 3) unit vectors (zero for the atom itself); real_slot: (N, P) bool.
+    Harmonics are scaled by 1/sqrt(2l+1), averaged over the real slots (the atom's own
+    slot included), then sqrt(sum_m mean^2) per l, clamped at 1e-6 before the root.
+    """
+    harmonics = spherical_harmonics(lmax, directions)
+    degree = torch.arange(lmax + 1, device=directions.device)
+    degree = torch.repeat_interleave(degree, 2 * degree + 1)
+    harmonics = harmonics / torch.sqrt(2.0 * degree + 1.0).to(harmonics.dtype)
+    weight = real_slot.to(harmonics.dtype).unsqueeze(-1)
+    count = weight.sum(dim=1).clamp_min(1.0)
+    mean = (harmonics * weight).sum(dim=1) / count
+    per_degree = torch.zeros((mean.shape[0], lmax + 1), dtype=mean.dtype, device=mean.device)
+    per_degree = per_degree.index_add(1, degree, mean.square())
+    return per_degree.clamp_min(1e-6).sqrt()
+
+
+def frequency_vectors(directions: torch.Tensor, repeats: List[int]) -> torch.Tensor:
+    """Per-edge vectors that modulate query/key channels: for each l, the (2l+1)
+    harmonics / sqrt(2l+1), tiled repeats[l] times -> (N, P, sum_l repeats[l](2l+1))."""
+    lmax = len(repeats) - 1
+    harmonics = spherical_harmonics(lmax, directions)
+    parts: List[torch.Tensor] = []
+    start = 0
+    for l in range(lmax + 1):
+        width = 2 * l + 1
+        if repeats[l] > 0:
+            block = harmonics[..., start:start + width] / math.sqrt(width)
+            parts.append(block.unsqueeze(-2).expand(-1, -1, repeats[l], -1)
+                         .reshape(block.shape[0], block.shape[1], repeats[l] * width))
+        start += width
+    return torch.cat(parts, dim=-1)
+
+
+def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> torch.Tensor:
+    """Angular frequencies log-spaced from pi/(4 r_max) to pi/r_min (float32, as the reference)."""
+    return torch.logspace(math.log10(math.pi / (4.0 * r_max)), math.log10(math.pi / r_min),
+                          count, dtype=torch.float32)
+
+
+def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """sin(d w)/(d w) for all pairs and frequencies: (N, N) -> (N, N, K).
+
+    Arguments below 1e-4 use the series 1 - x^2/6 + x^4/120 (value and gradient finite).
+    """
+    x = distance.unsqueeze(-1) * omega.to(distance.dtype)
+    small = x.abs() < 1e-4
+    safe_x = torch.where(small, torch.ones_like(x), x)
+    series = 1.0 - x.square() / 6.0 + x.square().square() / 120.0
+    return torch.where(small, series, torch.sin(safe_x) / safe_x)
+
+
+def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-head additive bias log(N^2 w_ij / sum_ij w_ij), w = softplus(sinc . radial_weight) + eps.
+
+    sinc: (N, N, K); radial_weight: (heads, K) -> (heads, N, N).
+    """
+    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sinc, radial_weight)) + eps
+    n_pairs = float(sinc.shape[0] * sinc.shape[1])
+    total = weight.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
+    return torch.log(weight * (n_pairs / total))

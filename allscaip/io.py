@@ -1,0 +1,108 @@
+"""Our model file: a ``torch.save``d dict that ``torch.load(weights_only=True)`` reads.
+
+Contents: format tag and version, the architecture (``ModelConfig`` as a dict), the
+state dict, output normalisation (scales, shift), float64 element reference energies,
+free-form metadata (source, units) and a sha256 over the weights that is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from allscaip.config import ModelConfig
+from allscaip.model import AllScAIP
+
+FORMAT = "allscaip-model"
+FORMAT_VERSION = 1
+NORMALIZATION_KEYS = ("energy_scale", "energy_shift", "force_scale", "stress_scale")
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt or not an AllScAIP model."""
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor], references: torch.Tensor) -> str:
+    """Content hash of the weights and element references (order-independent of dict order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    digest.update(references.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_model(model: AllScAIP, config: ModelConfig, path: str | Path,
+               metadata: dict | None = None) -> Path:
+    """Write ``model`` (weights stored as float32) to ``path``; return the path."""
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    references = torch.tensor(model.element_references, dtype=torch.float64)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "state_dict": state,
+        "normalization": {key: float(getattr(model, key)) for key in NORMALIZATION_KEYS},
+        "element_references": references,
+        "metadata": dict(metadata or {}),
+        "weights_sha256": weights_sha256(state, references),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def read_model_file(path: str | Path) -> dict:
+    """Load and validate the raw payload (no code execution: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ModelFileError(
+            f"{path} is not a readable AllScAIP model file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). If it is a fairchem checkpoint, "
+            "convert it first: `allscaip convert-fairchem CKPT -o MODEL.pt`.") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{path} is not an AllScAIP model file (no '{FORMAT}' format tag). If it is a "
+            "fairchem checkpoint, convert it with `allscaip convert-fairchem CKPT -o MODEL.pt`.")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {payload.get('format_version')}; "
+                             f"this version of allscaip reads version {FORMAT_VERSION}")
+    expected = payload.get("weights_sha256")
+    actual = weights_sha256(payload["state_dict"], payload["element_references"])
+    if expected != actual:
+        raise ModelFileError(f"{path} is corrupt: weights checksum {actual[:12]}... does not "
+                             f"match the recorded {str(expected)[:12]}...")
+    return payload
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float64,
+               device: str | torch.device = "cpu") -> AllScAIP:
+    """Build the network from a model file, in evaluation mode."""
+    payload = read_model_file(path)
+    config = ModelConfig.from_dict(payload["config"])
+    model = AllScAIP(config, element_references=payload["element_references"],
+                     **payload["normalization"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.config = config
+    model.metadata = dict(payload["metadata"], weights_sha256=payload["weights_sha256"])
+    return model.to(device=device, dtype=dtype).eval()

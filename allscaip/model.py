@@ -1,0 +1,284 @@
+"""The AllScAIP network: input embedding, attention blocks, energy and force heads.
+
+Inside the model lengths are Angstrom and energies eV. Module and parameter names
+mirror fairchem's so a fairchem backbone state dict loads into ``backbone`` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from allscaip.attention import NeighborhoodAttention, NodeAttention
+from allscaip.config import ModelConfig
+from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_expansion,
+                               gaussian_offsets, sinc_frequencies, sinc_kernels, unit_vectors)
+from allscaip.graph import (NeighborGraph, build_neighbor_graph, envelope_bias, safe_norm,
+                            wrap_positions)
+from allscaip.spherical import spherical_harmonics
+
+CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
+N_CHARGES = 201
+N_SPINS = 101  # spin embedding row = spin multiplicity (0..100)
+
+
+def linear_gelu(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.GELU())
+
+
+def two_layer_mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    """Linear -> GELU -> Linear, nested as fairchem nests it (keys ``0.0.*``, ``1.0.*``)."""
+    return nn.Sequential(linear_gelu(n_in, n_hidden), nn.Sequential(nn.Linear(n_hidden, n_out)))
+
+
+class LookupEmbedding(nn.Module):
+    """Embedding table for an integer system property (total charge or spin)."""
+
+    def __init__(self, rows: int, size: int):
+        super().__init__()
+        self.rand_emb = nn.Embedding(rows, size)
+
+    def forward(self, row: torch.Tensor) -> torch.Tensor:
+        return self.rand_emb(row)
+
+
+class InputBlock(nn.Module):
+    """Initial slot states: element, local order, charge/spin and edge geometry."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.atomic_embedding = nn.Embedding(cfg.max_num_elements, h)
+        self.node_direction_embedding = linear_gelu(cfg.node_direction_expansion_size, h)
+        self.node_norm = nn.RMSNorm(2 * h)
+        self.node_linear = linear_gelu(2 * h, h)
+        self.edge_attr_linear = linear_gelu(
+            cfg.edge_distance_expansion_size + cfg.edge_direction_expansion_size**2, h)
+        self.edge_feature_linear = linear_gelu(2 * h, h)
+        self.charge_embedding = LookupEmbedding(N_CHARGES, h)
+        self.spin_embedding = LookupEmbedding(N_SPINS, h)
+        self.charge_spin_linear = linear_gelu(2 * h, h)
+
+    def forward(self, atomic_numbers: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                order: torch.Tensor, edge_geometry: torch.Tensor) -> torch.Tensor:
+        """order: (N, L) bond-orientational order; edge_geometry: (N, P, D) -> (N, P, H)."""
+        nodes = torch.cat([self.atomic_embedding(atomic_numbers),
+                           self.node_direction_embedding(order)], dim=-1)
+        nodes = self.node_linear(self.node_norm(nodes))
+        system = torch.cat([self.charge_embedding(charge + CHARGE_OFFSET),
+                            self.spin_embedding(spin)], dim=-1)
+        nodes = nodes + self.charge_spin_linear(system)
+        edges = self.edge_attr_linear(edge_geometry)
+        centre = nodes.unsqueeze(1).expand(-1, edges.shape[1], -1)
+        return self.edge_feature_linear(torch.cat([centre, edges], dim=-1))
+
+
+class FeedForward(nn.Module):
+    """Pre-norm residual MLP."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.ffn = two_layer_mlp(h, h * cfg.ffn_hidden_layer_multiplier, h)
+        self.ffn_norm = nn.RMSNorm(h)
+        scale = 1.0 / cfg.num_layers if cfg.use_residual_scaling else 1.0
+        self.ffn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=cfg.use_residual_scaling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_res_scale * self.ffn(self.ffn_norm(x)) + x
+
+
+class GraphAttentionBlock(nn.Module):
+    """Neighbourhood attention -> edge FFN (slots 1..) and node attention + node FFN (slot 0)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.neighborhood_attention = NeighborhoodAttention(
+            cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, list(cfg.freequency_list),
+            cfg.use_freq_mask, cfg.use_residual_scaling)
+        self.edge_ffn = FeedForward(cfg)
+        self.node_attention = NodeAttention(
+            cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, cfg.attn_num_freq,
+            cfg.use_sincx_mask, cfg.use_residual_scaling)
+        self.node_ffn = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
+                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
+                sinc: torch.Tensor) -> torch.Tensor:
+        x = self.neighborhood_attention(x, src_bias, dst_bias, to_dst, to_src, frequencies)
+        nodes = self.node_ffn(self.node_attention(x[:, 0], sinc))
+        edges = self.edge_ffn(x[:, 1:])
+        return torch.cat([nodes.unsqueeze(1), edges], dim=1)
+
+
+class Backbone(nn.Module):
+    """Geometry -> per-atom representations (N, H)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_block = InputBlock(cfg)
+        self.transformer_blocks = nn.ModuleList([GraphAttentionBlock(cfg) for _ in range(cfg.num_layers)])
+        self.cutoff = float(cfg.max_radius)
+        self.knn_k = int(cfg.knn_k)
+        self.rank_scale = float(cfg.knn_sigmoid_scale)
+        self.lse_scale = float(cfg.knn_lse_scale)
+        self.knn_delta = int(cfg.knn_delta)
+        self.use_envelope = bool(cfg.use_envelope)
+        self.use_freq_mask = bool(cfg.use_freq_mask)
+        self.use_sincx_mask = bool(cfg.use_sincx_mask)
+        self.frequency_repeats: List[int] = list(cfg.freequency_list)
+        self.edge_lmax = cfg.edge_direction_expansion_size - 1
+        self.order_lmax = cfg.node_direction_expansion_size - 1
+        self.register_buffer("distance_offsets",
+                             gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size),
+                             persistent=False)
+        self.register_buffer("sinc_omega", sinc_frequencies(cfg.attn_num_freq), persistent=False)
+
+    def attention_bias(self, env: torch.Tensor) -> torch.Tensor:
+        if self.use_envelope:
+            return envelope_bias(env)
+        return torch.where(env < 1.0, torch.zeros_like(env), torch.full_like(env, float("-inf")))
+
+    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        graph: NeighborGraph = build_neighbor_graph(
+            positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
+            self.knn_delta, self.use_sincx_mask)
+        directions = unit_vectors(graph.disp)
+        distance = safe_norm(graph.disp)
+        edge_geometry = torch.cat([gaussian_expansion(distance, self.distance_offsets),
+                                   spherical_harmonics(self.edge_lmax, directions)], dim=-1)
+        order = bond_orientational_order(directions, graph.src_env < 1.0, self.order_lmax)
+        x = self.input_block(atomic_numbers, charge, spin, order, edge_geometry)
+
+        src_bias = self.attention_bias(graph.src_env).to(x.dtype)
+        dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
+        if self.use_freq_mask:
+            frequencies = frequency_vectors(directions, self.frequency_repeats)
+        else:
+            frequencies = torch.empty(0, dtype=x.dtype, device=x.device)
+        if self.use_sincx_mask:
+            sinc = sinc_kernels(graph.min_image_distance, self.sinc_omega)
+        else:
+            sinc = torch.empty(0, dtype=x.dtype, device=x.device)
+        for block in self.transformer_blocks:
+            x = block(x, src_bias, dst_bias, graph.to_dst, graph.to_src, frequencies, sinc)
+        return x[:, 0]
+
+
+class EnergyHead(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.node_norm = nn.RMSNorm(h)
+        self.energy_ffn = two_layer_mlp(h, h * cfg.output_hidden_layer_multiplier, 1)
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (N,) in normalised units."""
+        return self.energy_ffn(self.node_norm(nodes)).squeeze(-1)
+
+
+class DirectForceHead(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.node_norm = nn.RMSNorm(h)
+        self.force_ffn = two_layer_mlp(h, h * cfg.output_hidden_layer_multiplier, 3)
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Per-atom forces (N, 3) in normalised units."""
+        return self.force_ffn(self.node_norm(nodes))
+
+
+class AllScAIP(nn.Module):
+    """Energy (eV), forces (eV/Angstrom) and virial (eV) of one system.
+
+    The network predicts normalised energies; ``energy = raw * energy_scale +
+    energy_shift + sum_atoms element_references[Z]``, the last two added in float64.
+    Forces are -dE/dr (conserving models) or the direct head's output; the virial is
+    -dE/d(strain) from a symmetric strain of positions and cell (conserving only).
+    """
+
+    def __init__(self, cfg: ModelConfig, energy_scale: float = 1.0, energy_shift: float = 0.0,
+                 force_scale: float = 1.0, stress_scale: float = 1.0,
+                 element_references: torch.Tensor | None = None):
+        super().__init__()
+        self.backbone = Backbone(cfg)
+        self.energy_head = EnergyHead(cfg)
+        self.direct_forces = bool(cfg.direct_forces)
+        self.force_head = DirectForceHead(cfg) if cfg.direct_forces else nn.Identity()
+        self.energy_scale = float(energy_scale)
+        self.energy_shift = float(energy_shift)
+        self.force_scale = float(force_scale)
+        self.stress_scale = float(stress_scale)
+        self.max_atomic_number = int(cfg.max_num_elements) - 1
+        if element_references is None:
+            element_references = torch.zeros(cfg.max_num_elements, dtype=torch.float64)
+        # A Python list, not a buffer, so that casting the network to float32 never
+        # rounds these large per-element offsets.
+        self.element_references: List[float] = [float(v) for v in element_references.tolist()]
+
+    def check_inputs(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
+                     cell: torch.Tensor, pbc: torch.Tensor) -> None:
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError("positions must have shape (N, 3)")
+        if atomic_numbers.shape[0] != positions.shape[0]:
+            raise ValueError("atomic_numbers and positions must have the same length")
+        if positions.shape[0] == 0:
+            raise ValueError("the system has no atoms")
+        highest = min(self.max_atomic_number, len(self.element_references) - 1)
+        if bool((atomic_numbers < 1).any()) or bool((atomic_numbers > highest).any()):
+            bad = atomic_numbers[(atomic_numbers < 1) | (atomic_numbers > highest)]
+            raise ValueError("unsupported atomic number " + str(int(bad[0].item()))
+                             + ": this model supports Z = 1.." + str(highest))
+        if bool(pbc.any()) and abs(float(torch.det(cell).item())) < 1e-6:
+            raise ValueError("a periodic system needs a cell with non-zero volume")
+
+    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                compute_forces: bool = True, compute_virial: bool = False
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """positions (N,3) Angstrom, atomic_numbers (N,) int64, cell (3,3) Angstrom (rows),
+        pbc (3,) bool, charge and spin () int64.
+
+        Returns energy () float64 eV, forces (N,3) eV/Angstrom (empty if not computed),
+        virial (3,3) eV (empty if not computed).
+        """
+        self.check_inputs(positions, atomic_numbers, cell, pbc)
+        wrapped = wrap_positions(positions, cell, pbc)
+        conserving = not self.direct_forces
+        strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
+        inputs: List[torch.Tensor] = []
+        if conserving and (compute_forces or compute_virial):
+            wrapped = wrapped.detach().requires_grad_(True)
+            inputs.append(wrapped)
+            if compute_virial:
+                strain.requires_grad_(True)
+                inputs.append(strain)
+        symmetric = 0.5 * (strain + strain.T)
+        strained_positions = wrapped + wrapped @ symmetric
+        strained_cell = cell + cell @ symmetric
+
+        nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
+        raw_energy = self.energy_head(nodes).sum()
+
+        forces = torch.empty(0, dtype=positions.dtype, device=positions.device)
+        virial = torch.empty(0, dtype=positions.dtype, device=positions.device)
+        if conserving and len(inputs) > 0:
+            grads = torch.autograd.grad([raw_energy], inputs, create_graph=self.training)
+            d_wrapped = grads[0]
+            if compute_forces and d_wrapped is not None:
+                forces = -self.force_scale * d_wrapped
+            if compute_virial:
+                d_strain = grads[1]
+                if d_strain is not None:
+                    virial = -self.stress_scale * d_strain
+        elif compute_forces:
+            forces = self.force_scale * self.force_head(nodes)
+
+        energy = (raw_energy * self.energy_scale + self.energy_shift).to(torch.float64)
+        references = torch.tensor(self.element_references, dtype=torch.float64, device=positions.device)
+        energy = energy + references[atomic_numbers].sum()
+        return energy, forces, virial
