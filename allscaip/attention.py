@@ -7,7 +7,7 @@ Parameter names follow fairchem's AllScAIP so its state dicts load unchanged.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,6 +32,13 @@ class AttentionProjections(nn.Module):
         """(B, L, H) -> (B, heads, L, head_dim)."""
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).permute(0, 2, 1, 3)
 
+    @torch.jit.export
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, H) -> q, k, v each (B, heads, L, head_dim)."""
+        return (self.split_heads(self.attn_in_proj_q(x)), self.split_heads(self.attn_in_proj_k(x)),
+                self.split_heads(self.attn_in_proj_v(x)))
+
+    @torch.jit.export
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                bias: Optional[torch.Tensor]) -> torch.Tensor:
         """Softmax attention scaled by 1/sqrt(head_dim); (B, heads, L, .) -> (B, L, H)."""
@@ -70,27 +77,25 @@ class NeighborhoodAttention(nn.Module):
                 start += count
         return torch.cat(parts, dim=-1) * frequencies.unsqueeze(1)
 
-    def self_attention(self, layer: AttentionProjections, x: torch.Tensor, bias: torch.Tensor,
-                       frequencies: torch.Tensor) -> torch.Tensor:
-        q = layer.split_heads(layer.attn_in_proj_q(x))
-        k = layer.split_heads(layer.attn_in_proj_k(x))
-        v = layer.split_heads(layer.attn_in_proj_v(x))
+    def modulate(self, q: torch.Tensor, k: torch.Tensor,
+                 frequencies: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.use_freq_mask:
-            q = self.expand_by_frequency(q, frequencies)
-            k = self.expand_by_frequency(k, frequencies)
-        return layer.attend(q, k, v, bias[:, None, None, :])
+            return self.expand_by_frequency(q, frequencies), self.expand_by_frequency(k, frequencies)
+        return q, k
 
     def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
                 to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
         """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty."""
         n_atoms, n_slots, hidden = x.shape
-        x = x + self.src_attn_res_scale * self.self_attention(
-            self.src_attn, self.src_attn_norm(x), src_bias, frequencies)
+        q, k, v = self.src_attn.project(self.src_attn_norm(x))
+        q, k = self.modulate(q, k, frequencies)
+        x = x + self.src_attn_res_scale * self.src_attn.attend(q, k, v, src_bias[:, None, None, :])
         x = x.reshape(n_atoms * n_slots, hidden)[to_dst].reshape(n_atoms, n_slots, hidden)
         if self.use_freq_mask:
             frequencies = frequencies.reshape(n_atoms * n_slots, -1)[to_dst].reshape(n_atoms, n_slots, -1)
-        x = x + self.dst_attn_res_scale * self.self_attention(
-            self.dst_attn, self.dst_attn_norm(x), dst_bias, frequencies)
+        q, k, v = self.dst_attn.project(self.dst_attn_norm(x))
+        q, k = self.modulate(q, k, frequencies)
+        x = x + self.dst_attn_res_scale * self.dst_attn.attend(q, k, v, dst_bias[:, None, None, :])
         return x.reshape(n_atoms * n_slots, hidden)[to_src].reshape(n_atoms, n_slots, hidden)
 
 
@@ -112,10 +117,7 @@ class NodeAttention(AttentionProjections):
 
     def forward(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
         """x: (N, H); sinc: (N, N, K) kernels, or empty when the mask is off."""
-        normed = self.node_norm(x).unsqueeze(0)
-        q = self.split_heads(self.attn_in_proj_q(normed))
-        k = self.split_heads(self.attn_in_proj_k(normed))
-        v = self.split_heads(self.attn_in_proj_v(normed))
+        q, k, v = self.project(self.node_norm(x).unsqueeze(0))
         bias: Optional[torch.Tensor] = None
         if self.use_sincx_mask:
             bias = node_attention_bias(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(q.dtype)

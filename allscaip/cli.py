@@ -14,6 +14,23 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", help="report versions, OpenMM platforms, LAMMPS build; check the engines load")
     info.set_defaults(handler=_run_info)
+
+    convert = commands.add_parser(
+        "convert-fairchem", help="fairchem AllScAIP checkpoint -> AllScAIP model file",
+        description="Read a fairchem MLIPInferenceCheckpoint (EMA weights, normalisers, element "
+                    "references) through a restricted unpickler; fairchem need not be installed.")
+    convert.add_argument("checkpoint", help="fairchem inference checkpoint (.pt)")
+    convert.add_argument("-o", "--output", required=True, help="model file to write")
+    convert.set_defaults(handler=_run_convert)
+
+    export = commands.add_parser(
+        "export", help="model file -> TorchScript archive for OpenMM/LAMMPS/C++",
+        description="Script the model: (positions A, atomic_numbers, cell A, pbc, charge, spin) -> "
+                    "(energy eV, forces eV/A, virial eV); metadata in the archive.")
+    export.add_argument("model", help="AllScAIP model file")
+    export.add_argument("-o", "--output", required=True, help="TorchScript file to write")
+    export.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    export.set_defaults(handler=_run_export)
     return parser
 
 
@@ -23,9 +40,37 @@ def _run_info(args: argparse.Namespace) -> int:
     return info_main(args)
 
 
+def _run_convert(args: argparse.Namespace) -> int:
+    from allscaip.fairchem import convert_to_model_file
+    from allscaip.io import read_model_file
+
+    path = convert_to_model_file(args.checkpoint, args.output)
+    payload = read_model_file(path)
+    config = payload["config"]
+    print(f"wrote {path}: {config['num_layers']} layers, hidden {config['hidden_size']}, "
+          f"cutoff {config['max_radius']} A, knn_k {config['knn_k']}, "
+          f"{'direct' if config['direct_forces'] else 'conserving'} forces, "
+          f"freq mask {config['use_freq_mask']}, sinc mask {config['use_sincx_mask']}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from allscaip.export import export_model
+
+    path = export_model(args.model, args.output, dtype=getattr(torch, args.dtype))
+    print(f"wrote {path} ({args.dtype} TorchScript)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"allscaip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ def convert_checkpoint(path: str | Path) -> tuple[AllScAIP, ModelConfig, dict]:
                      element_references=references)
     state = map_state_dict(fields["ema_state_dict"], energy_prefix, force_prefix)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if name != "element_references"]
     if missing or unexpected:
         raise ModelFileError(f"{path}: weights do not fit the AllScAIP architecture "
                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

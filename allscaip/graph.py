@@ -21,9 +21,6 @@ from typing import List, NamedTuple, Tuple
 
 import torch
 
-# Candidate distances are evaluated in blocks of at most this many (i, j, image) triples.
-_BLOCK_ELEMENTS = 1 << 22
-
 
 class NeighborGraph(NamedTuple):
     """Padded neighbour layouts of one system (N atoms, P slots; slot 0 = the atom itself).
@@ -59,10 +56,9 @@ def wrap_positions(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tenso
     """
     if not bool(pbc.any()):
         return positions
-    with torch.no_grad():
-        fractional = torch.linalg.solve(cell.T, positions.T).T
-        shift = torch.floor(fractional) * pbc.to(positions.dtype)
-    return positions - shift @ cell
+    fractional = torch.linalg.solve(cell.detach().T, positions.detach().T).T
+    shift = torch.floor(fractional) * pbc.to(positions.dtype)
+    return positions - shift @ cell.detach()
 
 
 def image_translations(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -81,14 +77,15 @@ def image_translations(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> 
 
 
 def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: float,
-                    need_min_image: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    need_min_image: bool, block_elements: int = 1 << 22) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """All (i, j, m) with |r_j + offset_m - r_i| < radius, in (i, j, m) order; no autograd.
 
     Also returns, if asked, the image index of the minimum-image distance of every pair.
+    Distances are evaluated in blocks of about ``block_elements`` (i, j, image) triples.
     """
     n_atoms = positions.shape[0]
     n_images = offsets.shape[0]
-    rows_per_block = max(1, _BLOCK_ELEMENTS // max(1, n_atoms * n_images))
+    rows_per_block = max(1, block_elements // max(1, n_atoms * n_images))
     targets = positions[None, :, None, :] + offsets[None, None, :, :]  # (1, N, M, 3)
     src: List[torch.Tensor] = []
     dst: List[torch.Tensor] = []

@@ -50,8 +50,9 @@ def file_sha256(path: str | Path) -> str:
 def save_model(model: AllScAIP, config: ModelConfig, path: str | Path,
                metadata: dict | None = None) -> Path:
     """Write ``model`` (weights stored as float32) to ``path``; return the path."""
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    references = torch.tensor(model.element_references, dtype=torch.float64)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()
+             if k != "element_references"}
+    references = model.element_references.detach().to("cpu")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -102,7 +103,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float64,
     config = ModelConfig.from_dict(payload["config"])
     model = AllScAIP(config, element_references=payload["element_references"],
                      **payload["normalization"])
-    model.load_state_dict(payload["state_dict"], strict=True)
-    model.config = config
+    model.load_state_dict(payload["state_dict"], strict=False)
+    expected = set(model.state_dict()) - {"element_references"}
+    if set(payload["state_dict"]) != expected:
+        raise ModelFileError(f"{path}: weights do not match the architecture in its config")
     model.metadata = dict(payload["metadata"], weights_sha256=payload["weights_sha256"])
     return model.to(device=device, dtype=dtype).eval()

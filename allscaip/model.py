@@ -60,6 +60,7 @@ class InputBlock(nn.Module):
         self.charge_embedding = LookupEmbedding(N_CHARGES, h)
         self.spin_embedding = LookupEmbedding(N_SPINS, h)
         self.charge_spin_linear = linear_gelu(2 * h, h)
+        self.charge_offset = CHARGE_OFFSET
 
     def forward(self, atomic_numbers: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
                 order: torch.Tensor, edge_geometry: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ class InputBlock(nn.Module):
         nodes = torch.cat([self.atomic_embedding(atomic_numbers),
                            self.node_direction_embedding(order)], dim=-1)
         nodes = self.node_linear(self.node_norm(nodes))
-        system = torch.cat([self.charge_embedding(charge + CHARGE_OFFSET),
+        system = torch.cat([self.charge_embedding(charge + self.charge_offset),
                             self.spin_embedding(spin)], dim=-1)
         nodes = nodes + self.charge_spin_linear(system)
         edges = self.edge_attr_linear(edge_geometry)
@@ -201,10 +202,14 @@ class AllScAIP(nn.Module):
     -dE/d(strain) from a symmetric strain of positions and cell (conserving only).
     """
 
+    __jit_ignored_attributes__ = ["config", "metadata"]
+
     def __init__(self, cfg: ModelConfig, energy_scale: float = 1.0, energy_shift: float = 0.0,
                  force_scale: float = 1.0, stress_scale: float = 1.0,
                  element_references: torch.Tensor | None = None):
         super().__init__()
+        self.config = cfg
+        self.metadata: dict = {}
         self.backbone = Backbone(cfg)
         self.energy_head = EnergyHead(cfg)
         self.direct_forces = bool(cfg.direct_forces)
@@ -216,9 +221,16 @@ class AllScAIP(nn.Module):
         self.max_atomic_number = int(cfg.max_num_elements) - 1
         if element_references is None:
             element_references = torch.zeros(cfg.max_num_elements, dtype=torch.float64)
-        # A Python list, not a buffer, so that casting the network to float32 never
-        # rounds these large per-element offsets.
-        self.element_references: List[float] = [float(v) for v in element_references.tolist()]
+        # float64 whatever the network's dtype (see _apply): never round large offsets.
+        self.register_buffer("element_references", element_references.to(torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        """Move like the rest of the module, but keep element references in float64."""
+        references = self.element_references
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(0, device=references.device)).device
+        self.element_references = references.to(device)
+        return self
 
     def check_inputs(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                      cell: torch.Tensor, pbc: torch.Tensor) -> None:
@@ -228,7 +240,7 @@ class AllScAIP(nn.Module):
             raise ValueError("atomic_numbers and positions must have the same length")
         if positions.shape[0] == 0:
             raise ValueError("the system has no atoms")
-        highest = min(self.max_atomic_number, len(self.element_references) - 1)
+        highest = min(self.max_atomic_number, self.element_references.shape[0] - 1)
         if bool((atomic_numbers < 1).any()) or bool((atomic_numbers > highest).any()):
             bad = atomic_numbers[(atomic_numbers < 1) | (atomic_numbers > highest)]
             raise ValueError("unsupported atomic number " + str(int(bad[0].item()))
@@ -279,6 +291,5 @@ class AllScAIP(nn.Module):
             forces = self.force_scale * self.force_head(nodes)
 
         energy = (raw_energy * self.energy_scale + self.energy_shift).to(torch.float64)
-        references = torch.tensor(self.element_references, dtype=torch.float64, device=positions.device)
-        energy = energy + references[atomic_numbers].sum()
+        energy = energy + self.element_references[atomic_numbers].sum()
         return energy, forces, virial

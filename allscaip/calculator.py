@@ -1,0 +1,75 @@
+"""ASE calculator for AllScAIP models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from allscaip.io import load_model
+from allscaip.model import AllScAIP
+
+DEFAULT_CHARGE = 0
+DEFAULT_SPIN = 1  # multiplicity; fairchem's omol task default
+CHARGE_RANGE = (-100, 100)
+SPIN_RANGE = (0, 100)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def system_integer(atoms, key: str, default: int, bounds: tuple[int, int]) -> int:
+    value = atoms.info.get(key, default)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"atoms.info[{key!r}] must be an integer, got {value!r}")
+    if not bounds[0] <= int(value) <= bounds[1]:
+        raise ValueError(f"atoms.info[{key!r}]={value} is outside {bounds[0]}..{bounds[1]}")
+    return int(value)
+
+
+class AllScAIPCalculator(Calculator):
+    """Energy (eV), forces (eV/Angstrom) and stress (eV/Angstrom^3, periodic systems).
+
+    The total charge and spin multiplicity come from ``atoms.info['charge']`` and
+    ``atoms.info['spin']`` (defaults 0 and 1).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
+                 dtype: str | torch.dtype = "float64", model: AllScAIP | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.device = torch.device(device)
+        if model is None:
+            if model_path is None:
+                raise ValueError("give a model file (model_path=...) or a model (model=...)")
+            model = load_model(model_path, dtype=self.dtype, device=self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        charge = system_integer(atoms, "charge", DEFAULT_CHARGE, CHARGE_RANGE)
+        spin = system_integer(atoms, "spin", DEFAULT_SPIN, SPIN_RANGE)
+        periodic = bool(atoms.pbc.any())
+        want_stress = "stress" in properties
+        if want_stress and not periodic:
+            raise PropertyNotImplementedError("stress is defined for periodic systems only")
+        if want_stress and self.model.direct_forces:
+            raise PropertyNotImplementedError("this direct-force model predicts no stress")
+        cell = np.asarray(atoms.get_cell(complete=True))
+        as_tensor = lambda array: torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+        energy, forces, virial = self.model(
+            as_tensor(atoms.positions), torch.as_tensor(atoms.numbers, device=self.device),
+            as_tensor(cell), torch.as_tensor(atoms.pbc, device=self.device),
+            torch.tensor(charge, device=self.device), torch.tensor(spin, device=self.device),
+            True, want_stress)
+        self.results["energy"] = self.results["free_energy"] = float(energy.detach())
+        self.results["forces"] = forces.detach().to("cpu", torch.float64).numpy()
+        if want_stress:
+            volume = abs(np.linalg.det(cell))
+            stress = -virial.detach().to("cpu", torch.float64).numpy() / volume
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
