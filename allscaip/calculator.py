@@ -49,6 +49,15 @@ class AllScAIPCalculator(Calculator):
             model = load_model(model_path, dtype=self.dtype, device=self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
 
+    def check_state(self, atoms, tol=1e-15):
+        """Also recompute when the total charge or spin in ``atoms.info`` changed."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None:
+            for key in ("charge", "spin"):
+                if atoms.info.get(key) != self.atoms.info.get(key):
+                    changes.append(key)
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms

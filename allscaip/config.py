@@ -46,6 +46,11 @@ class ModelConfig:
     energy_reduce: str = "sum"
     activation: str = "gelu"
     normalization: str = "rmsnorm"
+    # Our extension, not in fairchem: weight the bond-orientational-order average by the
+    # edge envelope exp(-x^2/(1-x^2)) instead of counting every kept edge as 1. fairchem's
+    # hard count jumps when an edge enters or leaves the graph, so its energy is not
+    # continuous in the positions; the weighted average is (needed for NVE conservation).
+    smooth_node_order: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

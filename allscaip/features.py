@@ -31,18 +31,19 @@ def gaussian_expansion(distance: torch.Tensor, offsets: torch.Tensor) -> torch.T
     return torch.exp(coefficient * (distance.unsqueeze(-1) - centres).square())
 
 
-def bond_orientational_order(directions: torch.Tensor, real_slot: torch.Tensor, lmax: int) -> torch.Tensor:
+def bond_orientational_order(directions: torch.Tensor, slot_weight: torch.Tensor, lmax: int) -> torch.Tensor:
     """Steinhardt-like order per atom: (N, lmax+1).
 
-    directions: (N, P, 3) unit vectors (zero for the atom itself); real_slot: (N, P) bool.
-    Harmonics are scaled by 1/sqrt(2l+1), averaged over the real slots (the atom's own
-    slot included), then sqrt(sum_m mean^2) per l, clamped at 1e-6 before the root.
+    directions: (N, P, 3) unit vectors (zero for the atom itself); slot_weight: (N, P)
+    weight of each slot in the average (fairchem: 1 for every real slot, the atom's own
+    included, 0 for empty ones). Harmonics are scaled by 1/sqrt(2l+1), averaged with the
+    weights, then sqrt(sum_m mean^2) per l, clamped at 1e-6 before the root.
     """
     harmonics = spherical_harmonics(lmax, directions)
     degree = torch.arange(lmax + 1, device=directions.device)
     degree = torch.repeat_interleave(degree, 2 * degree + 1)
     harmonics = harmonics / torch.sqrt(2.0 * degree + 1.0).to(harmonics.dtype)
-    weight = real_slot.to(harmonics.dtype).unsqueeze(-1)
+    weight = slot_weight.to(harmonics.dtype).unsqueeze(-1)
     count = weight.sum(dim=1).clamp_min(1.0)
     mean = (harmonics * weight).sum(dim=1) / count
     per_degree = torch.zeros((mean.shape[0], lmax + 1), dtype=mean.dtype, device=mean.device)

@@ -34,7 +34,7 @@ def weights_sha256(state_dict: dict[str, torch.Tensor], references: torch.Tensor
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.numpy().tobytes())
     digest.update(references.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
     return digest.hexdigest()
 

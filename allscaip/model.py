@@ -129,6 +129,7 @@ class Backbone(nn.Module):
         self.use_envelope = bool(cfg.use_envelope)
         self.use_freq_mask = bool(cfg.use_freq_mask)
         self.use_sincx_mask = bool(cfg.use_sincx_mask)
+        self.smooth_node_order = bool(cfg.smooth_node_order)
         self.frequency_repeats: List[int] = list(cfg.freequency_list)
         self.edge_lmax = cfg.edge_direction_expansion_size - 1
         self.order_lmax = cfg.node_direction_expansion_size - 1
@@ -151,10 +152,15 @@ class Backbone(nn.Module):
         distance = safe_norm(graph.disp)
         edge_geometry = torch.cat([gaussian_expansion(distance, self.distance_offsets),
                                    spherical_harmonics(self.edge_lmax, directions)], dim=-1)
-        order = bond_orientational_order(directions, graph.src_env < 1.0, self.order_lmax)
+        src_bias = self.attention_bias(graph.src_env)
+        if self.smooth_node_order:
+            slot_weight = torch.exp(src_bias)
+        else:
+            slot_weight = (graph.src_env < 1.0).to(distance.dtype)
+        order = bond_orientational_order(directions, slot_weight, self.order_lmax)
         x = self.input_block(atomic_numbers, charge, spin, order, edge_geometry)
 
-        src_bias = self.attention_bias(graph.src_env).to(x.dtype)
+        src_bias = src_bias.to(x.dtype)
         dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
         if self.use_freq_mask:
             frequencies = frequency_vectors(directions, self.frequency_repeats)

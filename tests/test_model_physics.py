@@ -1,0 +1,147 @@
+"""Physics of the model itself (float64): forces and virial are exact derivatives of the
+energy, and the energy has the symmetries of an isolated or periodic system."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from allscaip.features import bond_orientational_order, frequency_vectors, unit_vectors
+from conftest import fresh_model, golden_structures, model_inputs
+
+FD_STRUCTURES = ["pyridine_acetic_acid", "water_box16_pbc", "water2_small_box",
+                 "triclinic_methanol_water", "slab_water_nacl_ttf"]
+
+
+def structure(name):
+    return next(s for s in golden_structures() if s["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fresh_model("conserving_sm")  # both masks on: the most complex energy
+
+
+def energy_of(model, positions, numbers, cell, pbc, charge, spin):
+    return float(model(positions, numbers, cell, pbc, charge, spin, False, False)[0].detach())
+
+
+@pytest.mark.parametrize("name", FD_STRUCTURES)
+def test_forces_match_finite_differences(model, name):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure(name))
+    _, forces, _ = model(positions, numbers, cell, pbc, charge, spin, True, False)
+    rng = np.random.default_rng(0)
+    step = 1e-5
+    for atom, axis in zip(rng.choice(len(numbers), 6), rng.integers(0, 3, 6)):
+        plus, minus = positions.clone(), positions.clone()
+        plus[atom, axis] += step
+        minus[atom, axis] -= step
+        numeric = -(energy_of(model, plus, numbers, cell, pbc, charge, spin)
+                    - energy_of(model, minus, numbers, cell, pbc, charge, spin)) / (2 * step)
+        assert abs(numeric - float(forces[atom, axis])) < 1e-6 * max(1.0, abs(numeric))
+
+
+@pytest.mark.parametrize("name", ["water_box16_pbc", "triclinic_methanol_water", "slab_water_nacl_ttf",
+                                  "water2_small_box"])
+def test_virial_matches_finite_strain_derivative(model, name):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure(name))
+    _, _, virial = model(positions, numbers, cell, pbc, charge, spin, True, True)
+    step = 1e-5
+    for a, b in [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]:
+        strain = torch.zeros(3, 3, dtype=torch.float64)
+        strain[a, b] = strain[b, a] = 0.5 * step if a != b else step
+
+        def strained(sign):
+            deformation = torch.eye(3, dtype=torch.float64) + sign * strain
+            return energy_of(model, positions @ deformation, numbers, cell @ deformation, pbc, charge, spin)
+
+        numeric = -(strained(1) - strained(-1)) / (2 * step)
+        assert abs(numeric - float(virial[a, b])) < 1e-6 * max(1.0, abs(numeric))
+
+
+def test_virial_is_symmetric(model):
+    _, _, virial = model(*model_inputs(structure("triclinic_methanol_water")), True, True)
+    np.testing.assert_allclose(virial.detach().numpy(), virial.detach().numpy().T, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["water_box16_pbc", "triclinic_methanol_water", "dense_cluster_anion"])
+def test_rigid_translation_changes_nothing(model, name):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure(name))
+    e0, f0, _ = model(positions, numbers, cell, pbc, charge, spin, True, False)
+    shift = torch.tensor([7.3, -9.1, 4.4], dtype=torch.float64)
+    e1, f1, _ = model(positions + shift, numbers, cell, pbc, charge, spin, True, False)
+    assert float(e1) == pytest.approx(float(e0), abs=1e-9)
+    np.testing.assert_allclose(f1.detach().numpy(), f0.detach().numpy(), atol=1e-9)
+
+
+def test_moving_atoms_by_lattice_vectors_changes_nothing(model):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure("triclinic_methanol_water"))
+    e0, f0, v0 = model(positions, numbers, cell, pbc, charge, spin, True, True)
+    moved = positions.clone()
+    moved[::3] += cell[0] - 2 * cell[2]
+    moved[1::3] -= cell[1]
+    e1, f1, v1 = model(moved, numbers, cell, pbc, charge, spin, True, True)
+    assert float(e1) == pytest.approx(float(e0), abs=1e-9)
+    np.testing.assert_allclose(f1.detach().numpy(), f0.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(v1.detach().numpy(), v0.detach().numpy(), atol=1e-9)
+
+
+def test_rotation_invariant_parts_are_invariant():
+    """AllScAIP (like fairchem's) feeds raw edge harmonics to an MLP, so its energy is not
+    exactly rotation invariant. The parts that are invariant by construction must be:
+    bond-orientational order, and q.k products modulated by the frequency vectors."""
+    rng = np.random.default_rng(5)
+    rotation = torch.tensor(Rotation.from_euler("zyx", [31, -47, 113], degrees=True).as_matrix())
+    directions = unit_vectors(torch.tensor(rng.normal(size=(4, 9, 3))))
+    directions[:, 0] = 0.0  # the atom's own slot
+    real = torch.ones(4, 9, dtype=torch.float64)
+    order = bond_orientational_order(directions, real, 9)
+    rotated = bond_orientational_order(directions @ rotation.T, real, 9)
+    np.testing.assert_allclose(rotated.numpy(), order.numpy(), atol=1e-12)
+
+    repeats = [2, 1, 1, 1]
+    freq, freq_rot = (frequency_vectors(d, repeats) for d in (directions, directions @ rotation.T))
+    gram = torch.einsum("npf,nqf->npq", freq, freq)
+    gram_rot = torch.einsum("npf,nqf->npq", freq_rot, freq_rot)
+    np.testing.assert_allclose(gram_rot.numpy(), gram.numpy(), atol=1e-12)
+
+
+def test_permuting_atoms_permutes_forces(model):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure("water_box16_pbc"))
+    order = torch.from_numpy(np.random.default_rng(3).permutation(len(numbers)))
+    e0, f0, _ = model(positions, numbers, cell, pbc, charge, spin, True, False)
+    e1, f1, _ = model(positions[order], numbers[order], cell, pbc, charge, spin, True, False)
+    assert float(e1) == pytest.approx(float(e0), abs=1e-9)
+    np.testing.assert_allclose(f1.detach().numpy(), f0[order].detach().numpy(), atol=1e-9)
+
+
+def test_molecule_ignores_its_unused_cell(model):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure("water_box16_nopbc"))
+    e0, f0, _ = model(positions, numbers, cell, pbc, charge, spin, True, False)
+    other_cell = torch.tensor([[3.0, 0, 0], [1.0, 4.0, 0], [0.5, 0.2, 2.5]], dtype=torch.float64)
+    e1, f1, _ = model(positions, numbers, other_cell, pbc, charge, spin, True, False)
+    assert float(e1) == float(e0)
+    np.testing.assert_array_equal(f1.detach().numpy(), f0.detach().numpy())
+
+
+def test_charge_and_spin_change_the_energy(model):
+    positions, numbers, cell, pbc, _, _ = model_inputs(structure("water"))
+    neutral = energy_of(model, positions, numbers, cell, pbc, torch.tensor(0), torch.tensor(1))
+    cation = energy_of(model, positions, numbers, cell, pbc, torch.tensor(1), torch.tensor(2))
+    assert abs(neutral - cation) > 1e-3
+
+
+@pytest.mark.parametrize("bad_z", [0, 100, 118])
+def test_unknown_element_is_a_clear_error(model, bad_z):
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure("water"))
+    numbers = numbers.clone()
+    numbers[1] = bad_z
+    with pytest.raises(ValueError, match=f"unsupported atomic number {bad_z}.*Z = 1..99"):
+        model(positions, numbers, cell, pbc, charge, spin, True, False)
+
+
+def test_periodic_system_with_flat_cell_is_a_clear_error(model):
+    positions, numbers, _, pbc, charge, spin = model_inputs(structure("water2_small_box"))
+    flat = torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-zero volume"):
+        model(positions, numbers, flat, pbc, charge, spin, True, False)
