@@ -90,13 +90,14 @@ class NeighborhoodAttention(nn.Module):
         q, k, v = self.src_attn.project(self.src_attn_norm(x))
         q, k = self.modulate(q, k, frequencies)
         x = x + self.src_attn_res_scale * self.src_attn.attend(q, k, v, src_bias[:, None, None, :])
-        x = x.reshape(n_atoms * n_slots, hidden)[to_dst].reshape(n_atoms, n_slots, hidden)
+        x = torch.index_select(x.reshape(n_atoms * n_slots, hidden), 0, to_dst).reshape(n_atoms, n_slots, hidden)
         if self.use_freq_mask:
-            frequencies = frequencies.reshape(n_atoms * n_slots, -1)[to_dst].reshape(n_atoms, n_slots, -1)
+            frequencies = torch.index_select(frequencies.reshape(n_atoms * n_slots, -1), 0, to_dst).reshape(
+                n_atoms, n_slots, -1)
         q, k, v = self.dst_attn.project(self.dst_attn_norm(x))
         q, k = self.modulate(q, k, frequencies)
         x = x + self.dst_attn_res_scale * self.dst_attn.attend(q, k, v, dst_bias[:, None, None, :])
-        return x.reshape(n_atoms * n_slots, hidden)[to_src].reshape(n_atoms, n_slots, hidden)
+        return torch.index_select(x.reshape(n_atoms * n_slots, hidden), 0, to_src).reshape(n_atoms, n_slots, hidden)
 
 
 class NodeAttention(AttentionProjections):

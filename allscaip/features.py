@@ -4,7 +4,7 @@ bond-orientational order, frequency vectors and the sinc kernels of node attenti
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -31,39 +31,66 @@ def gaussian_expansion(distance: torch.Tensor, offsets: torch.Tensor) -> torch.T
     return torch.exp(coefficient * (distance.unsqueeze(-1) - centres).square())
 
 
-def bond_orientational_order(directions: torch.Tensor, slot_weight: torch.Tensor, lmax: int) -> torch.Tensor:
+def gaussian_window(distance: torch.Tensor, offsets: torch.Tensor,
+                    half_width: int = 20) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The same Gaussians, only for the 2*half_width+1 centres nearest to each distance.
+
+    A centre k spacings away contributes exp(-k^2/8); beyond 20 spacings that is below
+    2e-22 of the largest term, so dropping it is exact in float64. Returns the centre
+    indices (E, 2w+1) and values (E, 2w+1); out-of-range centres get value 0.
+    """
+    spacing = float(offsets[1].item() - offsets[0].item())
+    coefficient = -0.5 / (2.0 * spacing) ** 2
+    n_centres = offsets.shape[0]
+    with torch.no_grad():
+        nearest = torch.round((distance - float(offsets[0].item())) / spacing).to(torch.long)
+        window = nearest.unsqueeze(-1) + torch.arange(-half_width, half_width + 1, device=distance.device)
+        inside = (window >= 0) & (window < n_centres)
+        window = window.clamp(0, n_centres - 1)
+    centres = offsets.to(distance.dtype)[window]
+    values = torch.exp(coefficient * (distance.unsqueeze(-1) - centres).square())
+    return window, torch.where(inside, values, torch.zeros_like(values))
+
+
+def degree_of_component(lmax: int, device: torch.device) -> torch.Tensor:
+    """l of each of the (lmax+1)^2 harmonic components."""
+    degree = torch.arange(lmax + 1, device=device)
+    return torch.repeat_interleave(degree, 2 * degree + 1)
+
+
+def bond_orientational_order(harmonics: torch.Tensor, weight: torch.Tensor, center: torch.Tensor,
+                             n_atoms: int, lmax: int) -> torch.Tensor:
     """Steinhardt-like order per atom: (N, lmax+1).
 
-    directions: (N, P, 3) unit vectors (zero for the atom itself); slot_weight: (N, P)
-    weight of each slot in the average (fairchem: 1 for every real slot, the atom's own
-    included, 0 for empty ones). Harmonics are scaled by 1/sqrt(2l+1), averaged with the
-    weights, then sqrt(sum_m mean^2) per l, clamped at 1e-6 before the root.
+    harmonics: (E, >=(lmax+1)^2) of each edge direction (the atom's own edge has the
+    zero direction); weight: (E,) weight of each edge in its centre's average (fairchem: 1
+    for every kept edge, the atom's own included); center: (E,) centre atom. Harmonics are
+    scaled by 1/sqrt(2l+1), averaged, then sqrt(sum_m mean^2) per l, clamped at 1e-6.
     """
-    harmonics = spherical_harmonics(lmax, directions)
-    degree = torch.arange(lmax + 1, device=directions.device)
-    degree = torch.repeat_interleave(degree, 2 * degree + 1)
-    harmonics = harmonics / torch.sqrt(2.0 * degree + 1.0).to(harmonics.dtype)
-    weight = slot_weight.to(harmonics.dtype).unsqueeze(-1)
-    count = weight.sum(dim=1).clamp_min(1.0)
-    mean = (harmonics * weight).sum(dim=1) / count
-    per_degree = torch.zeros((mean.shape[0], lmax + 1), dtype=mean.dtype, device=mean.device)
+    degree = degree_of_component(lmax, harmonics.device)
+    scaled = harmonics[:, :degree.shape[0]] / torch.sqrt(2.0 * degree + 1.0).to(harmonics.dtype)
+    total = torch.zeros((n_atoms, degree.shape[0]), dtype=harmonics.dtype, device=harmonics.device)
+    total = total.index_add(0, center, scaled * weight.unsqueeze(-1))
+    count = torch.zeros(n_atoms, dtype=harmonics.dtype, device=harmonics.device)
+    count = count.index_add(0, center, weight).clamp_min(1.0)
+    mean = total / count.unsqueeze(-1)
+    per_degree = torch.zeros((n_atoms, lmax + 1), dtype=mean.dtype, device=mean.device)
     per_degree = per_degree.index_add(1, degree, mean.square())
     return per_degree.clamp_min(1e-6).sqrt()
 
 
-def frequency_vectors(directions: torch.Tensor, repeats: List[int]) -> torch.Tensor:
+def frequency_vectors(harmonics: torch.Tensor, repeats: List[int]) -> torch.Tensor:
     """Per-edge vectors that modulate query/key channels: for each l, the (2l+1)
-    harmonics / sqrt(2l+1), tiled repeats[l] times -> (N, P, sum_l repeats[l](2l+1))."""
-    lmax = len(repeats) - 1
-    harmonics = spherical_harmonics(lmax, directions)
+    harmonics / sqrt(2l+1), tiled repeats[l] times -> (E, sum_l repeats[l](2l+1)).
+
+    harmonics: (E, >=(len(repeats))^2) edge-direction harmonics."""
     parts: List[torch.Tensor] = []
     start = 0
-    for l in range(lmax + 1):
+    for l in range(len(repeats)):
         width = 2 * l + 1
         if repeats[l] > 0:
-            block = harmonics[..., start:start + width] / math.sqrt(width)
-            parts.append(block.unsqueeze(-2).expand(-1, -1, repeats[l], -1)
-                         .reshape(block.shape[0], block.shape[1], repeats[l] * width))
+            block = harmonics[:, start:start + width] / math.sqrt(width)
+            parts.append(block.repeat(1, repeats[l]))
         start += width
     return torch.cat(parts, dim=-1)
 

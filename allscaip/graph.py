@@ -23,9 +23,13 @@ import torch
 
 
 class NeighborGraph(NamedTuple):
-    """Padded neighbour layouts of one system (N atoms, P slots; slot 0 = the atom itself).
+    """The kept edges of one system and their padded layouts (N atoms, P slots per atom;
+    slot 0 of every atom is the atom itself).
 
-    disp:        (N, P, 3) r_j + image - r_i in the source layout, zero in empty slots
+    edge_center: (E,) source atom i of each edge (edges are i -> (j, image))
+    edge_slot:   (E,) flat index i*P + slot of each edge in the source layout
+    edge_disp:   (E, 3) r_j + image - r_i, Angstrom
+    edge_env:    (E,) envelope coordinate in [0, 1)
     src_env:     (N, P) envelope coordinate in the source layout, +inf in empty slots
     dst_env:     (N, P) the same edges in the destination layout
     to_dst:      (N*P,) flat source-layout slot that fills each destination-layout slot
@@ -33,7 +37,10 @@ class NeighborGraph(NamedTuple):
     min_image_distance: (N, N) minimum-image pair distances (empty if not requested)
     """
 
-    disp: torch.Tensor
+    edge_center: torch.Tensor
+    edge_slot: torch.Tensor
+    edge_disp: torch.Tensor
+    edge_env: torch.Tensor
     src_env: torch.Tensor
     dst_env: torch.Tensor
     to_dst: torch.Tensor
@@ -74,6 +81,50 @@ def image_translations(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> 
         reps = int(torch.ceil(cutoff * inverse_spacing).item()) if bool(pbc[axis]) else 0
         ranges.append(torch.arange(-reps, reps + 1, dtype=cell.dtype, device=cell.device))
     return torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).reshape(-1, 3)
+
+
+def plane_spacings(cell: torch.Tensor) -> torch.Tensor:
+    """Distance between opposite faces of the cell along each axis: V / |b x c| etc."""
+    volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2])).abs()
+    spacings: List[torch.Tensor] = []
+    for axis in range(3):
+        area = torch.linalg.norm(torch.linalg.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3]))
+        spacings.append(volume / area)
+    return torch.stack(spacings)
+
+
+def find_candidates_minimum_image(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                                  radius: float, reps: List[int], block_elements: int = 1 << 22
+                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``find_candidates`` in O(N^2) for cells wider than 2 * radius along periodic axes.
+
+    Then a pair has at most one image within ``radius``: the one with fractional
+    separation rounded into [-1/2, 1/2], so no image loop is needed. For orthorhombic
+    cells that image is also the minimum image of every pair.
+    """
+    n_atoms = positions.shape[0]
+    rows_per_block = max(1, block_elements // max(1, n_atoms * 3))
+    inverse = torch.linalg.inv(cell)
+    periodic = pbc.to(positions.dtype)
+    widths = [2 * r + 1 for r in reps]
+    src: List[torch.Tensor] = []
+    dst: List[torch.Tensor] = []
+    img: List[torch.Tensor] = []
+    nearest: List[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, n_atoms, rows_per_block):
+            stop = min(start + rows_per_block, n_atoms)
+            separation = positions[None, :, :] - positions[start:stop, None, :]
+            shift = -torch.round(separation @ inverse) * periodic
+            distance = torch.linalg.norm(separation + shift @ cell, dim=-1)
+            n = shift.to(torch.long)
+            image = ((n[..., 0] + reps[0]) * widths[1] + n[..., 1] + reps[1]) * widths[2] + n[..., 2] + reps[2]
+            found = torch.nonzero(distance < radius)
+            src.append(found[:, 0] + start)
+            dst.append(found[:, 1])
+            img.append(image[found[:, 0], found[:, 1]])
+            nearest.append(image)
+    return torch.cat(src), torch.cat(dst), torch.cat(img), torch.cat(nearest)
 
 
 def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: float,
@@ -143,8 +194,15 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
     n_images = images.shape[0]
     offsets = images @ cell  # differentiable in the (strained) cell
     search_radius = cutoff + 4.0 * rank_scale
-    src, dst, img, min_image = find_candidates(positions.detach(), offsets.detach(),
-                                               search_radius, need_min_image)
+    wide = bool(pbc.any()) and bool((plane_spacings(cell.detach())[pbc] > 2.0 * search_radius).all())
+    orthorhombic = bool((cell.detach() - torch.diag(torch.diagonal(cell.detach()))).abs().max() == 0)
+    if wide and (orthorhombic or not need_min_image):
+        reps = [int(images[:, axis].max().item()) for axis in range(3)]
+        src, dst, img, min_image = find_candidates_minimum_image(
+            positions.detach(), cell.detach(), pbc, search_radius, reps)
+    else:
+        src, dst, img, min_image = find_candidates(positions.detach(), offsets.detach(),
+                                                   search_radius, need_min_image)
 
     # Keep the k + delta nearest candidates of every source atom (discrete choice).
     with torch.no_grad():
@@ -156,20 +214,21 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
         src, dst, img, slot = src[top], dst[top], img[top], slot[top]
         width = int(slot.max().item()) + 1 if slot.numel() > 0 else 1
 
-    disp = positions[dst] + offsets[img] - positions[src]
+    disp = (torch.index_select(positions, 0, dst) + torch.index_select(offsets, 0, img)
+            - torch.index_select(positions, 0, src))
     distance = safe_norm(disp)
 
     # Soft source ranks within each atom's candidate row.
     row_flat = src * width + slot
-    padded = torch.full((n_atoms * width,), 2.0 * search_radius + 100.0,
-                        dtype=distance.dtype, device=device)
-    padded = padded.index_put((row_flat,), distance).view(n_atoms, width)
+    # empty row entries sit far away: they neither rank nor are ranked
+    far = 2.0 * search_radius + 100.0
+    padded = scatter_to_slots(distance, row_flat, n_atoms * width, far).view(n_atoms, width)
     valid = torch.zeros(n_atoms * width, dtype=torch.bool, device=device)
     valid[row_flat] = True
     valid = valid.view(n_atoms, width)
     pair = bump((padded[:, :, None] - padded[:, None, :]) / rank_scale)
     pair = torch.where(valid[:, None, :], pair, torch.zeros_like(pair))
-    src_rank = pair.sum(dim=-1).reshape(-1)[row_flat]
+    src_rank = torch.index_select(pair.sum(dim=-1).reshape(-1), 0, row_flat)
 
     # Destination rank of i -> (j, m) is the source rank of j -> (i, -m).
     with torch.no_grad():
@@ -181,7 +240,7 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
         reverse = key_order[where]
     # A missing reverse edge has rank "beyond k"; a finite stand-in keeps gradients finite.
     beyond = torch.full_like(src_rank, 2.0 * knn_k)
-    dst_rank = torch.where(has_reverse, src_rank[reverse], beyond)
+    dst_rank = torch.where(has_reverse, torch.index_select(src_rank, 0, reverse), beyond)
 
     stacked = torch.stack([src_rank / knn_k, dst_rank / knn_k, distance / cutoff], dim=0)
     env = lse_scale * torch.logsumexp(stacked / lse_scale, dim=0)
@@ -206,18 +265,27 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
         to_src = torch.arange(n_atoms * n_slots, device=device)
         to_src[src_flat] = dst_flat
 
-    empty_env = torch.full((n_atoms * n_slots,), float("inf"), dtype=env.dtype, device=device)
-    src_env = empty_env.index_put((src_flat,), env).view(n_atoms, n_slots)
-    dst_env = empty_env.index_put((dst_flat,), env).view(n_atoms, n_slots)
-    padded_disp = torch.zeros((n_atoms * n_slots, 3), dtype=disp.dtype, device=device)
-    padded_disp = padded_disp.index_put((src_flat,), disp).view(n_atoms, n_slots, 3)
+    src_env = scatter_to_slots(env, src_flat, n_atoms * n_slots, float("inf")).view(n_atoms, n_slots)
+    dst_env = scatter_to_slots(env, dst_flat, n_atoms * n_slots, float("inf")).view(n_atoms, n_slots)
 
     if need_min_image:
         pair_disp = positions[None, :, :] + offsets[min_image] - positions[:, None, :]
         min_image_distance = safe_norm(pair_disp)
     else:
         min_image_distance = torch.empty((0, 0), dtype=positions.dtype, device=device)
-    return NeighborGraph(padded_disp, src_env, dst_env, to_dst, to_src, min_image_distance)
+    return NeighborGraph(src, src_flat, disp, env, src_env, dst_env, to_dst, to_src, min_image_distance)
+
+
+def scatter_to_slots(values: torch.Tensor, slots: torch.Tensor, n_total: int, fill: float) -> torch.Tensor:
+    """(E, ...) values into a (n_total, ...) tensor at distinct flat ``slots``; others = fill."""
+    shape = [n_total] + list(values.shape[1:])
+    if fill == 0.0:
+        return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add(0, slots, values)
+    base = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+    mask = torch.zeros(n_total, dtype=torch.bool, device=values.device)
+    mask[slots] = True
+    spread = torch.zeros(shape, dtype=values.dtype, device=values.device).index_add(0, slots, values)
+    return torch.where(mask.view([n_total] + [1] * (len(shape) - 1)), spread, base)
 
 
 def envelope_bias(env: torch.Tensor) -> torch.Tensor:

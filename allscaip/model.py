@@ -13,10 +13,10 @@ from torch import nn
 
 from allscaip.attention import NeighborhoodAttention, NodeAttention
 from allscaip.config import ModelConfig
-from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_expansion,
+from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_window,
                                gaussian_offsets, sinc_frequencies, sinc_kernels, unit_vectors)
 from allscaip.graph import (NeighborGraph, build_neighbor_graph, envelope_bias, safe_norm,
-                            wrap_positions)
+                            scatter_to_slots, wrap_positions)
 from allscaip.spherical import spherical_harmonics
 
 CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
@@ -62,18 +62,40 @@ class InputBlock(nn.Module):
         self.charge_spin_linear = linear_gelu(2 * h, h)
         self.charge_offset = CHARGE_OFFSET
 
+    def edge_attributes(self, gauss_index: torch.Tensor, gauss_value: torch.Tensor,
+                        edge_harmonics: torch.Tensor) -> torch.Tensor:
+        """GELU(W [gaussians(d), Y(r)] + b) with the Gaussian part summed over each edge's
+        window of centres only (all others are exactly negligible): (E, H)."""
+        linear = self.edge_attr_linear[0]
+        n_gauss = linear.weight.shape[1] - edge_harmonics.shape[1]
+        distance_weight = linear.weight[:, :n_gauss].T.contiguous()  # (G, H)
+        if self.training:  # double-differentiable path (force training)
+            dense = torch.zeros((gauss_value.shape[0], n_gauss), dtype=gauss_value.dtype,
+                                device=gauss_value.device).scatter_add(1, gauss_index, gauss_value)
+            pre = dense @ distance_weight
+        else:
+            pre = nn.functional.embedding_bag(gauss_index, distance_weight,
+                                              per_sample_weights=gauss_value, mode="sum")
+        pre = pre + nn.functional.linear(edge_harmonics, linear.weight[:, n_gauss:], linear.bias)
+        return self.edge_attr_linear[1](pre)
+
     def forward(self, atomic_numbers: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
-                order: torch.Tensor, edge_geometry: torch.Tensor) -> torch.Tensor:
-        """order: (N, L) bond-orientational order; edge_geometry: (N, P, D) -> (N, P, H)."""
+                order: torch.Tensor, gauss_index: torch.Tensor, gauss_value: torch.Tensor,
+                edge_harmonics: torch.Tensor, edge_center: torch.Tensor,
+                edge_slot: torch.Tensor, n_slots: int) -> torch.Tensor:
+        """order: (N, L) bond-orientational order; per kept edge: Gaussian window of its
+        distance and harmonics of its direction -> slot states (N, P, H), zero in empty
+        slots (which attention masks out)."""
         nodes = torch.cat([self.atomic_embedding(atomic_numbers),
                            self.node_direction_embedding(order)], dim=-1)
         nodes = self.node_linear(self.node_norm(nodes))
         system = torch.cat([self.charge_embedding(charge + self.charge_offset),
                             self.spin_embedding(spin)], dim=-1)
         nodes = nodes + self.charge_spin_linear(system)
-        edges = self.edge_attr_linear(edge_geometry)
-        centre = nodes.unsqueeze(1).expand(-1, edges.shape[1], -1)
-        return self.edge_feature_linear(torch.cat([centre, edges], dim=-1))
+        edges = self.edge_attributes(gauss_index, gauss_value, edge_harmonics)
+        edges = self.edge_feature_linear(torch.cat([torch.index_select(nodes, 0, edge_center), edges], dim=-1))
+        n_atoms, hidden = nodes.shape
+        return scatter_to_slots(edges, edge_slot, n_atoms * n_slots, 0.0).view(n_atoms, n_slots, hidden)
 
 
 class FeedForward(nn.Module):
@@ -133,6 +155,8 @@ class Backbone(nn.Module):
         self.frequency_repeats: List[int] = list(cfg.freequency_list)
         self.edge_lmax = cfg.edge_direction_expansion_size - 1
         self.order_lmax = cfg.node_direction_expansion_size - 1
+        self.harmonics_lmax = max(self.edge_lmax, self.order_lmax,
+                                  len(cfg.freequency_list) - 1 if cfg.use_freq_mask else 0)
         self.register_buffer("distance_offsets",
                              gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size),
                              persistent=False)
@@ -148,22 +172,26 @@ class Backbone(nn.Module):
         graph: NeighborGraph = build_neighbor_graph(
             positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
             self.knn_delta, self.use_sincx_mask)
-        directions = unit_vectors(graph.disp)
-        distance = safe_norm(graph.disp)
-        edge_geometry = torch.cat([gaussian_expansion(distance, self.distance_offsets),
-                                   spherical_harmonics(self.edge_lmax, directions)], dim=-1)
-        src_bias = self.attention_bias(graph.src_env)
+        n_atoms, n_slots = graph.src_env.shape
+        distance = safe_norm(graph.edge_disp)
+        harmonics = spherical_harmonics(self.harmonics_lmax, unit_vectors(graph.edge_disp))
+        gauss_index, gauss_value = gaussian_window(distance, self.distance_offsets)
+        edge_harmonics = harmonics[:, :(self.edge_lmax + 1) * (self.edge_lmax + 1)]
         if self.smooth_node_order:
-            slot_weight = torch.exp(src_bias)
+            edge_weight = torch.exp(self.attention_bias(graph.edge_env))
         else:
-            slot_weight = (graph.src_env < 1.0).to(distance.dtype)
-        order = bond_orientational_order(directions, slot_weight, self.order_lmax)
-        x = self.input_block(atomic_numbers, charge, spin, order, edge_geometry)
+            edge_weight = torch.ones_like(distance)
+        order = bond_orientational_order(harmonics, edge_weight, graph.edge_center, n_atoms,
+                                         self.order_lmax)
+        x = self.input_block(atomic_numbers, charge, spin, order, gauss_index, gauss_value,
+                             edge_harmonics, graph.edge_center, graph.edge_slot, n_slots)
 
-        src_bias = src_bias.to(x.dtype)
+        src_bias = self.attention_bias(graph.src_env).to(x.dtype)
         dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
         if self.use_freq_mask:
-            frequencies = frequency_vectors(directions, self.frequency_repeats)
+            per_edge = frequency_vectors(harmonics, self.frequency_repeats)
+            frequencies = scatter_to_slots(per_edge, graph.edge_slot, n_atoms * n_slots, 0.0).view(
+                n_atoms, n_slots, -1)
         else:
             frequencies = torch.empty(0, dtype=x.dtype, device=x.device)
         if self.use_sincx_mask:

@@ -7,6 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from allscaip.features import bond_orientational_order, frequency_vectors, unit_vectors
+from allscaip.spherical import spherical_harmonics
 from conftest import fresh_model, golden_structures, model_inputs
 
 FD_STRUCTURES = ["pyridine_acetic_acid", "water_box16_pbc", "water2_small_box",
@@ -92,18 +93,21 @@ def test_rotation_invariant_parts_are_invariant():
     bond-orientational order, and q.k products modulated by the frequency vectors."""
     rng = np.random.default_rng(5)
     rotation = torch.tensor(Rotation.from_euler("zyx", [31, -47, 113], degrees=True).as_matrix())
-    directions = unit_vectors(torch.tensor(rng.normal(size=(4, 9, 3))))
-    directions[:, 0] = 0.0  # the atom's own slot
-    real = torch.ones(4, 9, dtype=torch.float64)
-    order = bond_orientational_order(directions, real, 9)
-    rotated = bond_orientational_order(directions @ rotation.T, real, 9)
-    np.testing.assert_allclose(rotated.numpy(), order.numpy(), atol=1e-12)
+    directions = unit_vectors(torch.tensor(rng.normal(size=(36, 3))))
+    directions[::9] = 0.0  # each atom's own edge
+    center = torch.arange(4).repeat_interleave(9)
+    weight = torch.tensor(rng.uniform(0.1, 1.0, 36))
 
-    repeats = [2, 1, 1, 1]
-    freq, freq_rot = (frequency_vectors(d, repeats) for d in (directions, directions @ rotation.T))
-    gram = torch.einsum("npf,nqf->npq", freq, freq)
-    gram_rot = torch.einsum("npf,nqf->npq", freq_rot, freq_rot)
-    np.testing.assert_allclose(gram_rot.numpy(), gram.numpy(), atol=1e-12)
+    def order_and_gram(vectors):
+        harmonics = spherical_harmonics(9, vectors)
+        order = bond_orientational_order(harmonics, weight, center, 4, 9)
+        freq = frequency_vectors(harmonics, [2, 1, 1, 1])
+        return order.numpy(), (freq @ freq.T).numpy()
+
+    order, gram = order_and_gram(directions)
+    order_rotated, gram_rotated = order_and_gram(directions @ rotation.T)
+    np.testing.assert_allclose(order_rotated, order, atol=1e-12)
+    np.testing.assert_allclose(gram_rotated, gram, atol=1e-12)
 
 
 def test_permuting_atoms_permutes_forces(model):
