@@ -16,6 +16,13 @@ from torch.nn import functional as F
 from allscaip.features import node_attention_bias
 
 
+def rms_norm(size: int) -> nn.RMSNorm:
+    """RMSNorm with fairchem's effective eps: it builds ``nn.RMSNorm(eps=None)`` and runs in
+    float32, where eps = finfo(float32).eps. Pinning that value makes our float64 model
+    compute the same function as the released float32 one."""
+    return nn.RMSNorm(size, eps=torch.finfo(torch.float32).eps)
+
+
 class AttentionProjections(nn.Module):
     """q/k/v input projections and the output projection of multi-head attention."""
 
@@ -57,8 +64,8 @@ class NeighborhoodAttention(nn.Module):
         super().__init__()
         self.src_attn = AttentionProjections(hidden_size, num_heads)
         self.dst_attn = AttentionProjections(hidden_size, num_heads)
-        self.src_attn_norm = nn.RMSNorm(hidden_size)
-        self.dst_attn_norm = nn.RMSNorm(hidden_size)
+        self.src_attn_norm = rms_norm(hidden_size)
+        self.dst_attn_norm = rms_norm(hidden_size)
         scale = 1.0 / num_layers if use_residual_scaling else 1.0
         self.src_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
@@ -107,7 +114,7 @@ class NodeAttention(AttentionProjections):
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int, num_frequencies: int,
                  use_sincx_mask: bool, use_residual_scaling: bool):
         super().__init__(hidden_size, num_heads)
-        self.node_norm = nn.RMSNorm(hidden_size)
+        self.node_norm = rms_norm(hidden_size)
         scale = 1.0 / num_layers if use_residual_scaling else 1.0
         self.node_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.use_sincx_mask = use_sincx_mask

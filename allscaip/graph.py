@@ -158,12 +158,11 @@ def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: floa
 
 def bump(x: torch.Tensor) -> torch.Tensor:
     """Smooth step: 0 for x <= -4, 1/2 at 0, 1 for x >= 4 (fairchem's soft-rank kernel)."""
+    # e^{-2/(1+y)} / (e^{-2/(1+y)} + e^{-2/(1-y)}) with y = x/4, written as one sigmoid
     inside = x.abs() < 4.0
     y = torch.where(inside, x / 4.0, torch.zeros_like(x))
-    rising = torch.exp(-2.0 / (y + 1.0))
-    falling = torch.exp(-2.0 / (1.0 - y))
     step = torch.where(x < 0, torch.zeros_like(x), torch.ones_like(x))
-    return torch.where(inside, rising / (rising + falling), step)
+    return torch.where(inside, torch.sigmoid(2.0 / (1.0 - y) - 2.0 / (1.0 + y)), step)
 
 
 def _segment_order(segment: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -205,14 +204,20 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
                                                    search_radius, need_min_image)
 
     # Keep the k + delta nearest candidates of every source atom (discrete choice).
+    # Candidates arrive grouped by source atom; sort each row in an (N, widest) table.
     with torch.no_grad():
         rough = torch.linalg.norm(positions[dst] + offsets[img] - positions[src], dim=-1)
-        order = _segment_order(src, rough)
-        src, dst, img = src[order], dst[order], img[order]
-        slot = _position_in_segment(src, n_atoms)
-        top = slot < knn_k + knn_delta
-        src, dst, img, slot = src[top], dst[top], img[top], slot[top]
-        width = int(slot.max().item()) + 1 if slot.numel() > 0 else 1
+        counts = torch.bincount(src, minlength=n_atoms)
+        starts = torch.cumsum(counts, dim=0) - counts
+        widest = int(counts.max().item())
+        table = torch.full((n_atoms, widest), float("inf"), dtype=rough.dtype, device=device)
+        table[src, torch.arange(src.shape[0], device=device) - starts[src]] = rough
+        ordered, columns = torch.sort(table, dim=1, stable=True)
+        width = min(knn_k + knn_delta, widest)
+        chosen = ordered[:, :width] < float("inf")
+        pick = (starts[:, None] + columns[:, :width])[chosen]
+        src, dst, img = src[pick], dst[pick], img[pick]
+        slot = torch.arange(width, device=device).expand(n_atoms, width)[chosen]
 
     disp = (torch.index_select(positions, 0, dst) + torch.index_select(offsets, 0, img)
             - torch.index_select(positions, 0, src))

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
-from allscaip.attention import NeighborhoodAttention, NodeAttention
+from allscaip.attention import NeighborhoodAttention, NodeAttention, rms_norm
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_window,
                                gaussian_offsets, sinc_frequencies, sinc_kernels, unit_vectors)
@@ -52,7 +52,7 @@ class InputBlock(nn.Module):
         h = cfg.hidden_size
         self.atomic_embedding = nn.Embedding(cfg.max_num_elements, h)
         self.node_direction_embedding = linear_gelu(cfg.node_direction_expansion_size, h)
-        self.node_norm = nn.RMSNorm(2 * h)
+        self.node_norm = rms_norm(2 * h)
         self.node_linear = linear_gelu(2 * h, h)
         self.edge_attr_linear = linear_gelu(
             cfg.edge_distance_expansion_size + cfg.edge_direction_expansion_size**2, h)
@@ -105,7 +105,7 @@ class FeedForward(nn.Module):
         super().__init__()
         h = cfg.hidden_size
         self.ffn = two_layer_mlp(h, h * cfg.ffn_hidden_layer_multiplier, h)
-        self.ffn_norm = nn.RMSNorm(h)
+        self.ffn_norm = rms_norm(h)
         scale = 1.0 / cfg.num_layers if cfg.use_residual_scaling else 1.0
         self.ffn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=cfg.use_residual_scaling)
 
@@ -207,7 +207,7 @@ class EnergyHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         h = cfg.hidden_size
-        self.node_norm = nn.RMSNorm(h)
+        self.node_norm = rms_norm(h)
         self.energy_ffn = two_layer_mlp(h, h * cfg.output_hidden_layer_multiplier, 1)
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
@@ -219,7 +219,7 @@ class DirectForceHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         h = cfg.hidden_size
-        self.node_norm = nn.RMSNorm(h)
+        self.node_norm = rms_norm(h)
         self.force_ffn = two_layer_mlp(h, h * cfg.output_hidden_layer_multiplier, 3)
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:

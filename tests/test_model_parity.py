@@ -1,10 +1,10 @@
 """Numerical parity with fairchem-core 2.24.0's AllScAIP on the golden fixtures.
 
-Two references per structure: fairchem's stock float32 calculator output, and its
-float64-patched output (see tests/fixtures/golden/manifest.json). Our float64 model must
-match the float64 reference tightly, and the float32 reference within the issue's
-tolerances widened by fairchem's own float32 error on that structure
-(|stock - float64 reference|), which reaches 5e-4 eV on the 48-atom boxes.
+Two references per structure (tests/fixtures/golden/manifest.json): fairchem's stock
+float32 calculator output, and its float64-patched output with RMSNorm eps pinned to the
+float32 value fairchem effectively uses (``*_fp64_eps32``). Our float64 model must match the
+stock output within the issue's tolerances and the float64 output tightly (what remains
+there are fairchem's float32 islands: frequency vectors, sinc frequencies).
 """
 
 import numpy as np
@@ -16,7 +16,7 @@ from conftest import CONFIGS, fresh_model, golden_outputs, golden_structures, mo
 
 STRUCTURES = [s["name"] for s in golden_structures()]
 # float64 reference: remaining differences come from fairchem's float32 islands
-TIGHT = {"energy": 2e-5, "forces": 2e-5, "stress_periodic": 2e-7, "stress_molecule": 2e-5}
+TIGHT = {"energy": 1e-5, "forces": 1e-5, "stress_periodic": 2e-7, "stress_molecule": 3e-5}
 
 
 def issue_energy_tolerance(n_atoms: int) -> float:
@@ -37,14 +37,13 @@ def compare(config, name, energy, forces, stress):
     periodic = any(structure["pbc"])
     n_atoms = len(structure["numbers"])
 
-    assert abs(energy - ref["energy_fp64"]) < TIGHT["energy"]
-    np.testing.assert_allclose(forces, ref["forces_fp64"], rtol=0, atol=TIGHT["forces"])
-    float32_error = abs(ref["energy"] - ref["energy_fp64"])
-    assert abs(energy - ref["energy"]) < issue_energy_tolerance(n_atoms) + float32_error
+    assert abs(energy - ref["energy_fp64_eps32"]) < TIGHT["energy"]
+    np.testing.assert_allclose(forces, ref["forces_fp64_eps32"], rtol=0, atol=TIGHT["forces"])
+    assert abs(energy - ref["energy"]) < issue_energy_tolerance(n_atoms)
     np.testing.assert_allclose(forces, ref["forces"], rtol=0, atol=2e-4)
     if stress is not None and "stress_3x3" in ref:
         tight = TIGHT["stress_periodic"] if periodic else TIGHT["stress_molecule"]
-        np.testing.assert_allclose(stress, ref["stress_3x3_fp64"], rtol=0, atol=tight)
+        np.testing.assert_allclose(stress, ref["stress_3x3_fp64_eps32"], rtol=0, atol=tight)
         if periodic:
             np.testing.assert_allclose(stress, ref["stress_3x3"], rtol=0, atol=2e-6)
 
