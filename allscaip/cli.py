@@ -31,6 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, help="TorchScript file to write")
     export.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     export.set_defaults(handler=_run_export)
+
+    openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
+    openmm_commands = openmm_parser.add_subparsers(dest="openmm_command", required=True, metavar="COMMAND")
+    run = openmm_commands.add_parser(
+        "run", help="NVE/NVT/NPT MD of a PDB box with reporters, DCD, checkpoints and --resume")
+    run.add_argument("--pdb", required=True, help="starting structure (CRYST1 record = periodic box)")
+    run.add_argument("--model", required=True, help="AllScAIP model file")
+    run.add_argument("--out", required=True, help="output folder (thermo.csv, trajectory.dcd, checkpoint)")
+    run.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
+    run.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    run.add_argument("--pressure", type=float, default=1.0, help="bar (default 1)")
+    run.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    run.add_argument("--steps", type=int, default=1000)
+    run.add_argument("--report-interval", type=int, default=100,
+                     help="steps between reports, frames and checkpoints")
+    run.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
+    run.add_argument("--platform", default="CPU", help="OpenMM platform (Reference, CPU, CUDA, ...)")
+    run.add_argument("--precision", choices=["float32", "float64"], default="float32",
+                     help="dtype of the network")
+    run.add_argument("--backend", choices=["torchforce", "python"], default="torchforce")
+    run.add_argument("--charge", type=int, default=0, help="total charge")
+    run.add_argument("--spin", type=int, default=1, help="spin multiplicity")
+    run.add_argument("--hydrogen-mass", type=float, default=None,
+                     help="hydrogen mass repartitioning, amu (e.g. 2.0)")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    run.set_defaults(handler=_run_openmm)
     return parser
 
 
@@ -61,6 +88,21 @@ def _run_export(args: argparse.Namespace) -> int:
 
     path = export_model(args.model, args.output, dtype=getattr(torch, args.dtype))
     print(f"wrote {path} ({args.dtype} TorchScript)")
+    return 0
+
+
+def _run_openmm(args: argparse.Namespace) -> int:
+    from allscaip.plugins.openmm.run import RunSettings, SimulationExploded, run
+
+    fields = RunSettings.__dataclass_fields__
+    settings = RunSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        summary = run(settings, resume=args.resume)
+    except SimulationExploded as exc:
+        print(f"allscaip openmm run: {exc}", file=sys.stderr)
+        return 3
+    print(f"finished {summary['steps']} steps; thermo in {summary['thermo']}, "
+          f"trajectory in {summary['trajectory']}")
     return 0
 
 

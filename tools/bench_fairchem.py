@@ -11,6 +11,7 @@ repeats after warm-up, with the positions rattled before each call.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--waters", type=int, nargs="+", default=[64, 216])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true",
+                        help="last line: {waters: median ms} (used by benchmarks/bench_model.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -72,6 +75,8 @@ def main() -> None:
     print(f"{'n_atoms':>8} {'median ms':>10} {'min ms':>10}")
     for n_atoms, median, fastest in rows:
         print(f"{n_atoms:>8d} {median:>10.1f} {fastest:>10.1f}")
+    if args.json:
+        print(json.dumps({n: row[1] for n, row in zip(args.waters, rows)}))
 
 
 if __name__ == "__main__":

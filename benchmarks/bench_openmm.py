@@ -1,0 +1,111 @@
+"""OpenMM speed: ms/step and ns/day of AllScAIP water boxes, TorchForce vs PythonForce vs
+the bare TorchScript call, float32 and float64, on the CPU platform.
+
+Model: the benchmark architecture of bench_model.py (hidden 64, 2 layers, knn_k 20,
+cutoff 6 A, conserving, random weights). Engine overhead = ms/step / bare ms - 1.
+
+    .venv/bin/python benchmarks/bench_openmm.py --waters 64 216 512 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def water_topology(atoms):
+    from openmm import Vec3, app
+
+    topology = app.Topology()
+    chain = topology.addChain()
+    for _ in range(len(atoms) // 3):
+        residue = topology.addResidue("HOH", chain)
+        oxygen = topology.addAtom("O", app.element.oxygen, residue)
+        for name in ("H1", "H2"):
+            topology.addBond(oxygen, topology.addAtom(name, app.element.hydrogen, residue))
+    topology.setPeriodicBoxVectors([Vec3(*row) for row in atoms.cell[:] / 10.0])
+    return topology
+
+
+def time_openmm(model_file, atoms, dtype, backend, steps):
+    import openmm
+    from openmm import unit
+
+    from allscaip.plugins.openmm import create_system
+
+    topology = water_topology(atoms)
+    system = create_system(topology, model_file, dtype=dtype, backend=backend)
+    integrator = openmm.VerletIntegrator(0.25 * unit.femtosecond)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(atoms.positions / 10.0)
+    context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    integrator.step(3)  # warm-up (TorchScript optimises after its first calls)
+    start = time.perf_counter()
+    integrator.step(steps)
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def time_bare(model_file, atoms, dtype, steps):
+    from allscaip.io import load_model
+    from allscaip.plugins.openmm.forces import DTYPES, OpenMMAllScAIP
+
+    torch_dtype = DTYPES[dtype]
+    module = torch.jit.script(OpenMMAllScAIP(load_model(model_file, torch_dtype), atoms.numbers.tolist(),
+                                             len(atoms), None, 0, 1, True, torch_dtype))
+    box = torch.tensor(atoms.cell[:] / 10.0, dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    calls = []
+    for _ in range(steps + 3):
+        positions = torch.tensor(atoms.positions / 10.0 + rng.normal(scale=2e-4, size=atoms.positions.shape),
+                                 dtype=torch.float32)
+        start = time.perf_counter()
+        module(positions, box)
+        calls.append(time.perf_counter() - start)
+    return 1000 * float(np.median(calls[3:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waters", type=int, nargs="+", default=[64, 216, 512, 1000])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from water import water_box
+    from bench_model import architecture
+
+    from allscaip.io import save_model
+    from allscaip.model import AllScAIP
+
+    torch.manual_seed(0)
+    config = architecture(masks=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = save_model(AllScAIP(config), config, Path(tmp) / "bench.pt")
+        print(f"OpenMM CPU platform, {args.threads} threads, Verlet 0.25 fs, ms per step (ns/day)")
+        print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'TorchForce':>18} "
+              f"{'PythonForce':>18} {'TF overhead':>11}")
+        for waters in args.waters:
+            atoms = water_box(waters)
+            for dtype in args.dtypes:
+                bare = time_bare(model_file, atoms, dtype, args.steps)
+                torchforce = time_openmm(model_file, atoms, dtype, "torchforce", args.steps)
+                python = time_openmm(model_file, atoms, dtype, "python", args.steps)
+                per_day = lambda ms: 0.25e-6 * 86400e3 / ms
+                print(f"{waters:>6} {len(atoms):>6} {dtype:>8} {bare:10.1f} "
+                      f"{torchforce:9.1f} ({per_day(torchforce):6.4f}) {python:9.1f} ({per_day(python):6.4f}) "
+                      f"{100 * (torchforce / bare - 1):10.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
