@@ -2,6 +2,8 @@
 Systems, the openmm-ml backend (``MLPotential("allscaip", modelPath=...)``) and the
 ``allscaip openmm run`` driver. OpenMM is imported only when these are used."""
 
+import torch  # noqa: F401  (must be loaded before openmm: see runtime.py)
+
 from allscaip.plugins.openmm.runtime import import_openmmtorch
 
 __all__ = ["create_allscaip_force", "create_system", "add_molecule_bonds", "import_openmmtorch"]

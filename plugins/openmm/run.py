@@ -59,6 +59,9 @@ class RunSettings:
 
 
 def build_simulation(settings: RunSettings):
+    from allscaip.plugins.openmm.runtime import import_openmmtorch
+
+    import_openmmtorch()  # before the Platform is created: registers the TorchForce kernels
     import openmm
     from openmm import app, unit
 

@@ -32,5 +32,13 @@ def import_openmmtorch():
             f"openmmtorch {REQUIRED_OPENMMTORCH} is built for torch {REQUIRED_TORCH}, "
             f"but torch {torch_version} is installed; pin torch=={REQUIRED_TORCH}."
         )
-    del openmm
+    _load_torch_kernels(openmm)
     return openmmtorch
+
+
+def _load_torch_kernels(openmm) -> None:
+    """If ``import openmm`` ran before ``import torch``, OpenMM's plugin loader could not
+    load the TorchForce kernels (libnvrtc was not yet loaded): load them again now."""
+    failed = [f for f in openmm.Platform.getPluginLoadFailures() if "Torch" in f and "OpenCL" not in f]
+    if failed:
+        openmm.Platform.loadPluginsFromDirectory(openmm.Platform.getDefaultPluginsDirectory())
