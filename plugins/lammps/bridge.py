@@ -1,0 +1,140 @@
+"""AllScAIP inside a running LAMMPS instance, through ``fix external pf/callback``.
+
+LAMMPS keeps ``pair_style zero`` (for neighbour lists and ghost atoms); every step the
+callback gathers the whole system (node attention is global), evaluates the model and
+hands LAMMPS the forces of its local atoms, the energy and the global virial
+(xx, yy, zz, xy, xz, yz; sum of r_i f_i in energy units, i.e. -dE/dstrain).
+
+Under MPI every rank gathers the full system and evaluates the same model, so each rank
+reads its own atoms' forces without a scatter; energy and virial are reported by rank 0
+only, since fix external sums them over ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers as ATOMIC_NUMBERS
+
+from allscaip.io import load_model
+
+EV_IN = {"metal": 1.0, "real": 23.060547830619026}  # energy unit per eV (real: kcal/mol)
+_ATTACHED: dict[int, "AllScAIPBridge"] = {}  # keeps callbacks alive while LAMMPS runs
+
+
+def h_matrix(boxlo, boxhi, xy, yz, xz) -> np.ndarray:
+    """LAMMPS restricted-triclinic box -> cell with rows a=(lx,0,0), b=(xy,ly,0), c=(xz,yz,lz)."""
+    lx, ly, lz = (boxhi[k] - boxlo[k] for k in range(3))
+    return np.array([[lx, 0.0, 0.0], [xy, ly, 0.0], [xz, yz, lz]])
+
+
+def virial_voigt(virial: np.ndarray) -> list[float]:
+    """3x3 virial -> LAMMPS order xx, yy, zz, xy, xz, yz."""
+    return [virial[0, 0], virial[1, 1], virial[2, 2], virial[0, 1], virial[0, 2], virial[1, 2]]
+
+
+def element_numbers(elements: list[str]) -> list[int]:
+    numbers = []
+    for symbol in elements:
+        if symbol not in ATOMIC_NUMBERS or symbol == "X":
+            raise ValueError(f"pair_coeff: unknown element {symbol!r}; give chemical symbols "
+                             "such as O H C, one per atom type")
+        numbers.append(ATOMIC_NUMBERS[symbol])
+    return numbers
+
+
+@dataclass
+class BridgeSettings:
+    model: str
+    elements: list[str]
+    charge: int = 0
+    spin: int = 1
+    dtype: str = "float64"
+    device: str = "cpu"
+    fix_id: str = "allscaip"
+
+
+class AllScAIPBridge:
+    """Owns the model and the fix-external callback of one LAMMPS instance."""
+
+    def __init__(self, lmp, settings: BridgeSettings):
+        self.lmp = lmp
+        self.settings = settings
+        units = lmp.extract_global("units")
+        if units not in EV_IN:
+            raise ValueError(f"pair_style allscaip supports 'units metal' and 'units real', "
+                             f"not 'units {units}'")
+        self.energy_unit = EV_IN[units]
+        n_types = lmp.extract_global("ntypes")
+        if len(settings.elements) != n_types:
+            raise ValueError(f"pair_coeff * * lists {len(settings.elements)} elements for {n_types} "
+                             "atom types: give exactly one element per type, in type order")
+        self.type_numbers = np.array([0] + element_numbers(settings.elements))
+        self.dtype = getattr(torch, settings.dtype)
+        self.device = torch.device(settings.device)
+        self.model = load_model(settings.model, dtype=self.dtype, device=self.device)
+        highest = min(self.model.max_atomic_number, self.model.element_references.numel() - 1)
+        unsupported = [e for e, z in zip(settings.elements, self.type_numbers[1:]) if z > highest]
+        if unsupported:
+            raise ValueError(f"elements {unsupported} are not supported by {settings.model} "
+                             f"(Z = 1..{highest})")
+        self.rank = lmp.extract_setting("world_rank")
+        self.charge = torch.tensor(settings.charge, device=self.device)
+        self.spin = torch.tensor(settings.spin, device=self.device)
+
+    def mapping_table(self) -> str:
+        rows = [f"  type {t} -> {e} (Z={z})" for t, (e, z) in
+                enumerate(zip(self.settings.elements, self.type_numbers[1:]), start=1)]
+        return "allscaip: atom type -> element\n" + "\n".join(rows)
+
+    def evaluate(self, positions: np.ndarray, types: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Model on the gathered system; energy, forces, virial in LAMMPS units."""
+        boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
+        as_tensor = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)
+        energy, forces, virial = self.model(
+            as_tensor(positions), torch.as_tensor(self.type_numbers[types], device=self.device),
+            as_tensor(h_matrix(boxlo, boxhi, xy, yz, xz)),
+            torch.as_tensor([bool(p) for p in periodicity], device=self.device),
+            self.charge, self.spin, True, not self.model.direct_forces)
+        if virial.numel() == 0:
+            raise RuntimeError("this direct-force model has no virial: pressure and NPT need a "
+                               "conserving model")
+        scale = self.energy_unit
+        return (float(energy.detach()) * scale,
+                forces.detach().to("cpu", torch.float64).numpy() * scale,
+                virial.detach().to("cpu", torch.float64).numpy() * scale)
+
+    def callback(self, caller, step, nlocal, tag, x, f) -> None:
+        lmp = self.lmp
+        positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3)
+        types = np.ctypeslib.as_array(lmp.gather_atoms("type", 0, 1))
+        energy, forces, virial = self.evaluate(positions, types)
+        f[:] = forces[np.asarray(tag) - 1]
+        lead = self.rank == 0
+        lmp.fix_external_set_energy_global(self.settings.fix_id, energy if lead else 0.0)
+        lmp.fix_external_set_virial_global(self.settings.fix_id,
+                                           virial_voigt(virial) if lead else [0.0] * 6)
+
+
+def attach(lmp, model: str | Path, elements: list[str], *, charge: int = 0, spin: int = 1,
+           dtype: str = "float64", device: str = "cpu", fix_id: str = "allscaip",
+           verbose: bool = True) -> AllScAIPBridge:
+    """Make AllScAIP the potential of ``lmp`` (box and atoms must exist; atom IDs 1..N).
+
+    Issues ``pair_style zero``, ``pair_coeff * *``, ``fix ID all external pf/callback 1 1``
+    and ``fix_modify ID energy yes virial yes``; ``elements`` maps atom types 1..ntypes.
+    """
+    settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, fix_id)
+    bridge = AllScAIPBridge(lmp, settings)
+    cutoff = bridge.model.config.max_radius
+    lmp.commands_list([f"pair_style zero {cutoff}", "pair_coeff * *",
+                       f"fix {fix_id} all external pf/callback 1 1",
+                       f"fix_modify {fix_id} energy yes virial yes"])
+    lmp.set_fix_external_callback(fix_id, bridge.callback)
+    _ATTACHED[id(lmp)] = bridge
+    if verbose and bridge.rank == 0:
+        print(bridge.mapping_table(), flush=True)
+    return bridge
