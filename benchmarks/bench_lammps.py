@@ -1,0 +1,87 @@
+"""LAMMPS speed: ms/step of AllScAIP water boxes through ``pair_style allscaip`` versus
+the bare model call on the same configuration (engine + bridge overhead).
+
+    .venv/bin/python benchmarks/bench_lammps.py --waters 64 216 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def time_lammps(model_file, atoms, folder, dtype, steps):
+    from ase.io import write
+
+    from allscaip.plugins.lammps import attach, import_lammps
+
+    data = folder / "water.data"
+    write(data, atoms, format="lammps-data", specorder=["O", "H"], atom_style="atomic", masses=True)
+    lmp = import_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_list(["units metal", "atom_style atomic", f"read_data {data}", "neighbor 1.0 bin",
+                       "timestep 0.00025", "velocity all create 300 1", "fix integrate all nve"])
+    attach(lmp, model_file, ["O", "H"], dtype=dtype, verbose=False)
+    lmp.command("run 3")  # warm-up
+    start = time.perf_counter()
+    lmp.command(f"run {steps}")
+    elapsed = time.perf_counter() - start
+    lmp.close()
+    return 1000 * elapsed / steps
+
+
+def time_bare(model_file, atoms, dtype, steps):
+    from allscaip.io import load_model
+
+    torch_dtype = getattr(torch, dtype)
+    model = load_model(model_file, dtype=torch_dtype)
+    args = (torch.tensor(atoms.positions, dtype=torch_dtype), torch.tensor(atoms.numbers),
+            torch.tensor(atoms.cell[:], dtype=torch_dtype), torch.tensor(atoms.pbc),
+            torch.tensor(0), torch.tensor(1), True, True)
+    model(*args)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model(*args)
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waters", type=int, nargs="+", default=[64, 216, 512])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from bench_model import architecture
+    from water import water_box
+
+    from allscaip.io import save_model
+    from allscaip.model import AllScAIP
+
+    torch.manual_seed(0)
+    config = architecture(masks=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model_file = save_model(AllScAIP(config), config, folder / "bench.pt")
+        print(f"LAMMPS (serial) fix-external bridge, {args.threads} threads, NVE 0.25 fs; ms per step")
+        print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'LAMMPS step':>12} {'overhead':>9}")
+        for waters in args.waters:
+            atoms = water_box(waters)
+            for dtype in args.dtypes:
+                bare = time_bare(model_file, atoms, dtype, args.steps)
+                step = time_lammps(model_file, atoms, folder, dtype, args.steps)
+                print(f"{waters:>6} {len(atoms):>6} {dtype:>8} {bare:10.1f} {step:12.1f} "
+                      f"{100 * (step / bare - 1):8.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
