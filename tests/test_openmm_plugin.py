@@ -174,3 +174,26 @@ def test_unknown_element_missing_and_corrupt_models_are_clear_errors(model_file,
         create_system(topology, corrupt)
     with pytest.raises(ModelFileError, match="convert-fairchem"):
         create_system(topology, checkpoint_path("conserving"))
+
+
+def test_works_when_openmm_is_imported_before_torch(model_file, tmp_path):
+    """openmm-torch's kernels fail to load if openmm comes first; the plugin reloads them."""
+    import subprocess
+    import sys
+
+    script = f"""
+import openmm
+from openmm import app
+from openmmml import MLPotential
+pdb = app.PDBFile({str(tmp_path / 'box.pdb')!r})
+system = MLPotential("allscaip", modelPath={str(model_file)!r}).createSystem(pdb.topology)
+context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+context.setPositions(pdb.positions)
+print(context.getState(getEnergy=True).getPotentialEnergy())
+"""
+    topology, positions = water_topology()
+    with open(tmp_path / "box.pdb", "w") as handle:
+        app.PDBFile.writeFile(topology, positions, handle)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kJ/mol" in result.stdout

@@ -39,6 +39,13 @@ def import_openmmtorch():
 def _load_torch_kernels(openmm) -> None:
     """If ``import openmm`` ran before ``import torch``, OpenMM's plugin loader could not
     load the TorchForce kernels (libnvrtc was not yet loaded): load them again now."""
-    failed = [f for f in openmm.Platform.getPluginLoadFailures() if "Torch" in f and "OpenCL" not in f]
-    if failed:
-        openmm.Platform.loadPluginsFromDirectory(openmm.Platform.getDefaultPluginsDirectory())
+    import os
+
+    reference = openmm.Platform.getPlatformByName("Reference")
+    if reference.supportsKernels(["CalcTorchForce"]):
+        return
+    directory = os.path.join(openmm.version.openmm_library_path, "plugins")
+    openmm.Platform.loadPluginsFromDirectory(directory)
+    if not reference.supportsKernels(["CalcTorchForce"]):
+        raise ImportError("OpenMM could not load the TorchForce kernels from " + directory + ": "
+                          + "; ".join(openmm.Platform.getPluginLoadFailures()))
