@@ -197,3 +197,14 @@ print(context.getState(getEnergy=True).getPotentialEnergy())
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "kJ/mol" in result.stdout
+
+
+def test_hydrogen_mass_repartitioning_keeps_the_total_mass(model_file):
+    topology, _ = water_topology()
+    plain = pure_ml_system(model_file, topology, "float32")
+    heavy = create_system(topology, model_file, hydrogen_mass=2.0)
+    masses = lambda system: np.array([system.getParticleMass(i).value_in_unit(unit.dalton)
+                                      for i in range(system.getNumParticles())])
+    assert masses(heavy).sum() == pytest.approx(masses(plain).sum(), rel=1e-12)
+    np.testing.assert_allclose(masses(heavy)[1::3], 2.0)
+    np.testing.assert_allclose(masses(heavy)[0::3], masses(plain)[0::3] - 2 * (2.0 - masses(plain)[1]))

@@ -194,6 +194,7 @@ def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
                       append=start_step > 0 and trajectory.exists())
     try:
         step = start_step
+        wall_start = time.perf_counter()
         while step < settings.steps:
             began = time.perf_counter()
             simulation.step(settings.report_interval)
@@ -218,8 +219,10 @@ def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
             os.replace(temporary, checkpoint)
             status_file.write_text(json.dumps({"step": step, "steps": settings.steps}))
             done = (step - start_step) / (settings.steps - start_step)
+            remaining = (time.perf_counter() - wall_start) * (1 - done) / done
             progress(f"step {step}/{settings.steps}  E_pot {row['potential_kJ_mol']:.2f} kJ/mol  "
-                     f"T {row['temperature_K']:.1f} K  {ns_per_day:.3f} ns/day  {100 * done:.0f}%")
+                     f"T {row['temperature_K']:.1f} K  {ns_per_day:.3f} ns/day  {100 * done:.0f}%  "
+                     f"remaining {remaining:.0f} s")
     finally:
         dcd_handle.close()
     return {"steps": step, "checkpoint": str(checkpoint), "trajectory": str(trajectory),
