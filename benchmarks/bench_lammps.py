@@ -61,17 +61,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bench_model import architecture
+    from bench_model import save_benchmark_model
     from water import water_box
 
-    from allscaip.io import save_model
-    from allscaip.model import AllScAIP
-
-    torch.manual_seed(0)
-    config = architecture(masks=False)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model_file = save_model(AllScAIP(config), config, folder / "bench.pt")
+        model_file = save_benchmark_model(folder)
         print(f"LAMMPS (serial) fix-external bridge, {args.threads} threads, NVE 0.25 fs; ms per step")
         print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'LAMMPS step':>12} {'overhead':>9}")
         for waters in args.waters:

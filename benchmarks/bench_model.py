@@ -35,6 +35,18 @@ def architecture(masks: bool):
                        freequency_list=[4, 4, 4, 2, 2], use_freq_mask=masks, use_sincx_mask=masks)
 
 
+def save_benchmark_model(folder: Path, masks: bool = False) -> Path:
+    """The benchmark architecture with seeded random weights, as a model file in ``folder``."""
+    import torch
+
+    from allscaip.io import save_model
+    from allscaip.model import AllScAIP
+
+    torch.manual_seed(0)
+    config = architecture(masks)
+    return save_model(AllScAIP(config), config, Path(folder) / "bench.pt")
+
+
 def run_case(waters: int, dtype_name: str, mode: str, masks: bool, threads: int, repeats: int) -> dict:
     """Time one case in this process; returns ms per call and peak RSS."""
     import numpy as np

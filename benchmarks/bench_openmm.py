@@ -82,16 +82,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    from bench_model import save_benchmark_model
     from water import water_box
-    from bench_model import architecture
 
-    from allscaip.io import save_model
-    from allscaip.model import AllScAIP
-
-    torch.manual_seed(0)
-    config = architecture(masks=False)
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = save_model(AllScAIP(config), config, Path(tmp) / "bench.pt")
+        model_file = save_benchmark_model(Path(tmp))
         print(f"OpenMM CPU platform, {args.threads} threads, Verlet 0.25 fs, ms per step (ns/day)")
         print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'TorchForce':>18} "
               f"{'PythonForce':>18} {'TF overhead':>11}")
