@@ -12,6 +12,7 @@ only, since fix external sums them over ranks.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class BridgeSettings:
     spin: int = 1
     dtype: str = "float64"
     device: str = "cpu"
+    threads: int = 0  # 0: the cores available to this process, shared among its MPI ranks
     fix_id: str = "allscaip"
 
 
@@ -82,13 +84,17 @@ class AllScAIPBridge:
             raise ValueError(f"elements {unsupported} are not supported by {settings.model} "
                              f"(Z = 1..{highest})")
         self.rank = lmp.extract_setting("world_rank")
+        # LAMMPS sets OpenMP to one thread at start-up, which would also serialise torch.
+        self.threads = settings.threads or max(
+            1, len(os.sched_getaffinity(0)) // lmp.extract_setting("world_size"))
         self.charge = torch.tensor(settings.charge, device=self.device)
         self.spin = torch.tensor(settings.spin, device=self.device)
 
     def mapping_table(self) -> str:
         rows = [f"  type {t} -> {e} (Z={z})" for t, (e, z) in
                 enumerate(zip(self.settings.elements, self.type_numbers[1:]), start=1)]
-        return "allscaip: atom type -> element\n" + "\n".join(rows)
+        return (f"allscaip: {self.settings.model}, {self.threads} torch thread(s) per rank\n"
+                "allscaip: atom type -> element\n" + "\n".join(rows))
 
     def evaluate(self, positions: np.ndarray, types: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Model on the gathered system; energy, forces, virial in LAMMPS units."""
@@ -109,6 +115,7 @@ class AllScAIPBridge:
 
     def callback(self, caller, step, nlocal, tag, x, f) -> None:
         lmp = self.lmp
+        torch.set_num_threads(self.threads)
         positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3)
         types = np.ctypeslib.as_array(lmp.gather_atoms("type", 0, 1))
         energy, forces, virial = self.evaluate(positions, types)
@@ -120,14 +127,14 @@ class AllScAIPBridge:
 
 
 def attach(lmp, model: str | Path, elements: list[str], *, charge: int = 0, spin: int = 1,
-           dtype: str = "float64", device: str = "cpu", fix_id: str = "allscaip",
+           dtype: str = "float64", device: str = "cpu", threads: int = 0, fix_id: str = "allscaip",
            verbose: bool = True) -> AllScAIPBridge:
     """Make AllScAIP the potential of ``lmp`` (box and atoms must exist; atom IDs 1..N).
 
     Issues ``pair_style zero``, ``pair_coeff * *``, ``fix ID all external pf/callback 1 1``
     and ``fix_modify ID energy yes virial yes``; ``elements`` maps atom types 1..ntypes.
     """
-    settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, fix_id)
+    settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, threads, fix_id)
     bridge = AllScAIPBridge(lmp, settings)
     cutoff = bridge.model.config.max_radius
     lmp.commands_list([f"pair_style zero {cutoff}", "pair_coeff * *",

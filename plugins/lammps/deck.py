@@ -6,7 +6,7 @@ become the bridge (pair_style zero + fix external, see bridge.py); the rest then
 written, so thermo, minimize, fix nve/nvt/npt, several runs and write_data work as usual.
 
 Keywords: ``charge`` (int), ``spin`` (multiplicity), ``dtype`` (float32|float64),
-``device`` (cpu|cuda). ``${name}`` variables from ``-var`` are substituted in these lines.
+``device`` (cpu|cuda), ``threads`` (torch threads per rank; default: available cores / ranks). ``${name}`` variables from ``-var`` are substituted in these lines.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from allscaip.plugins.lammps.bridge import BridgeSettings
 
-KEYWORDS = {"charge": int, "spin": int, "dtype": str, "device": str}
+KEYWORDS = {"charge": int, "spin": int, "dtype": str, "device": str, "threads": int}
 
 
 class DeckError(ValueError):

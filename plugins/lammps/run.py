@@ -30,7 +30,7 @@ def run_deck(deck: str | Path, variables: dict[str, str] | None = None, log: str
         if split.settings is not None:
             s = split.settings
             attach(lmp, s.model, s.elements, charge=s.charge, spin=s.spin, dtype=s.dtype,
-                   device=s.device, fix_id=s.fix_id)
+                   device=s.device, threads=s.threads, fix_id=s.fix_id)
             lmp.commands_list(split.after)
     finally:
         lmp.close()
