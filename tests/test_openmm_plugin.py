@@ -74,7 +74,7 @@ def test_translating_molecules_by_box_vectors_changes_nothing(model_file):
 
 def test_xml_serialization_round_trip_keeps_the_energy(model_file):
     """PythonForce backend. (openmmtorch 1.5 from PyPI segfaults when deserializing *any*
-    TorchForce, even a one-line module; see docs/openmm.md.)"""
+    TorchForce, even a one-line module; see README, "Known limitation".)"""
     topology, positions = water_topology()
     system = pure_ml_system(model_file, topology, "float64", backend="python")
     restored = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))

@@ -1,0 +1,1 @@
+"""Reference potentials that generate training labels (see shared REFERENCE-POTENTIAL notes)."""
