@@ -5,9 +5,9 @@ callback gathers the whole system (node attention is global), evaluates the mode
 hands LAMMPS the forces of its local atoms, the energy and the global virial
 (xx, yy, zz, xy, xz, yz; sum of r_i f_i in energy units, i.e. -dE/dstrain).
 
-Under MPI every rank gathers the full system and evaluates the same model, so each rank
-reads its own atoms' forces without a scatter; energy and virial are reported by rank 0
-only, since fix external sums them over ranks.
+Under MPI every rank gathers the full system (an allgather by atom ID), rank 0 evaluates the
+model once and broadcasts energy, virial and forces (mpi4py), and each rank keeps its own
+atoms' forces; energy and virial are reported by rank 0 only, since fix external sums them.
 """
 
 from __future__ import annotations
@@ -84,6 +84,11 @@ class AllScAIPBridge:
             raise ValueError(f"elements {unsupported} are not supported by {settings.model} "
                              f"(Z = 1..{highest})")
         self.rank = lmp.extract_setting("world_rank")
+        self.comm = None
+        if lmp.extract_setting("world_size") > 1:
+            from mpi4py import MPI
+
+            self.comm = MPI.COMM_WORLD
         # LAMMPS sets OpenMP to one thread at start-up, which would also serialise torch.
         self.threads = settings.threads or max(
             1, len(os.sched_getaffinity(0)) // lmp.extract_setting("world_size"))
@@ -113,12 +118,32 @@ class AllScAIPBridge:
                 forces.detach().to("cpu", torch.float64).numpy() * scale,
                 virial.detach().to("cpu", torch.float64).numpy() * scale)
 
+    def evaluate_on_rank_zero(self, positions: np.ndarray, types: np.ndarray):
+        """Rank 0 evaluates, every rank receives (energy, virial, forces) in one broadcast."""
+        packet = np.full(10 + positions.size, np.nan)
+        failure = None
+        if self.rank == 0:
+            try:
+                energy, forces, virial = self.evaluate(positions, types)
+                packet[0], packet[1:10], packet[10:] = energy, virial.ravel(), forces.ravel()
+            except Exception as exc:  # tell the other ranks instead of leaving them waiting
+                failure = exc
+        self.comm.Bcast(packet, root=0)
+        if failure is not None:
+            raise failure
+        if np.isnan(packet[0]):
+            raise RuntimeError("the AllScAIP evaluation failed on rank 0 (see its error)")
+        return packet[0], packet[10:].reshape(-1, 3), packet[1:10].reshape(3, 3)
+
     def callback(self, caller, step, nlocal, tag, x, f) -> None:
         lmp = self.lmp
         torch.set_num_threads(self.threads)
         positions = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3)
         types = np.ctypeslib.as_array(lmp.gather_atoms("type", 0, 1))
-        energy, forces, virial = self.evaluate(positions, types)
+        if self.comm is None:
+            energy, forces, virial = self.evaluate(positions, types)
+        else:
+            energy, forces, virial = self.evaluate_on_rank_zero(positions, types)
         f[:] = forces[np.asarray(tag) - 1]
         lead = self.rank == 0
         lmp.fix_external_set_energy_global(self.settings.fix_id, energy if lead else 0.0)
