@@ -23,17 +23,10 @@ def gaussian_offsets(cutoff: float, size: int) -> torch.Tensor:
     return torch.linspace(0.0, cutoff, size, dtype=torch.float32)
 
 
-def gaussian_expansion(distance: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """exp(-(d - mu)^2 / (2 (2 delta)^2)) for each centre mu; delta = centre spacing."""
-    spacing = float(offsets[1].item() - offsets[0].item())
-    coefficient = -0.5 / (2.0 * spacing) ** 2
-    centres = offsets.to(distance.dtype)
-    return torch.exp(coefficient * (distance.unsqueeze(-1) - centres).square())
-
-
 def gaussian_window(distance: torch.Tensor, offsets: torch.Tensor,
                     half_width: int = 20) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The same Gaussians, only for the 2*half_width+1 centres nearest to each distance.
+    """Gaussians exp(-(d - mu)^2 / (2 (2 delta)^2)) (delta = centre spacing), evaluated only
+    for the 2*half_width+1 centres nearest to each distance.
 
     A centre k spacings away contributes exp(-k^2/8); beyond 20 spacings that is below
     2e-22 of the largest term, so dropping it is exact in float64. Returns the centre
