@@ -122,7 +122,13 @@ def _run_openmm(args: argparse.Namespace) -> int:
 def _run_lammps(args: argparse.Namespace) -> int:
     from allscaip.plugins.lammps.run import run_deck
 
-    run_deck(args.deck, dict(args.var), log=args.log, screen=args.screen)
+    try:
+        run_deck(args.deck, dict(args.var), log=args.log, screen=args.screen)
+    except Exception as exc:  # LAMMPS reports deck errors as plain Exceptions
+        if type(exc).__module__.split(".")[0] != "lammps" and type(exc) is not Exception:
+            raise
+        print(f"allscaip lammps: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

