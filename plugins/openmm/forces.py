@@ -99,8 +99,6 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
     periodic: use the System's periodic box (the box must contain the ML region);
     dtype: "float32" or "float64" for the network; backend: "torchforce" or "python".
     """
-    import openmm
-
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES:
@@ -125,5 +123,4 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(periodic)
     force.setName("AllScAIP")
-    del openmm
     return force
