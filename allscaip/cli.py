@@ -32,6 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     export.set_defaults(handler=_run_export)
 
+    datagen = commands.add_parser("datagen", help="generate labelled training data from a reference potential")
+    datagen_commands = datagen.add_subparsers(dest="datagen_command", required=True, metavar="REFERENCE")
+    spcfw = datagen_commands.add_parser(
+        "spcfw", help="SPC/Fw water with PME: liquid boxes and gas-phase clusters, sampled by MD",
+        description="Deterministic for a seed; one shard per MD run in OUT, so an interrupted "
+                    "run resumes where it stopped (same command).")
+    spcfw.add_argument("--out", required=True, help="output folder (npz shards + manifest.json)")
+    spcfw.add_argument("--seed", type=int, default=0)
+    spcfw.add_argument("--liquid-runs", type=int, default=60, help="liquid-box MD runs (16-216 waters)")
+    spcfw.add_argument("--gas-runs", type=int, default=30, help="monomer / dimer / cluster MD runs")
+    spcfw.add_argument("--frames-per-run", type=int, default=10)
+    spcfw.add_argument("--equilibration-ps", type=float, default=1.0)
+    spcfw.add_argument("--interval-ps", type=float, default=0.1, help="time between frames")
+    spcfw.add_argument("--check-lammps", type=int, default=0, metavar="N",
+                       help="also compare the labels of N liquid frames with LAMMPS (Ewald)")
+    spcfw.set_defaults(handler=_run_datagen)
+
     openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
     openmm_commands = openmm_parser.add_subparsers(dest="openmm_command", required=True, metavar="COMMAND")
     run = openmm_commands.add_parser(
@@ -71,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     lammps.add_argument("-log", default=None, help="log file (default: log.lammps next to the deck)")
     lammps.add_argument("-screen", default=None, help="screen output file, or 'none'")
     lammps.set_defaults(handler=_run_lammps)
+
+    from allscaip.protocols.cli import add_protocol_parser
+
+    add_protocol_parser(commands)
     return parser
 
 
@@ -101,6 +122,21 @@ def _run_export(args: argparse.Namespace) -> int:
 
     path = export_model(args.model, args.output, dtype=getattr(torch, args.dtype))
     print(f"wrote {path} ({args.dtype} TorchScript)")
+    return 0
+
+
+def _run_datagen(args: argparse.Namespace) -> int:
+    from allscaip.reference.datagen import DatagenSettings, generate
+
+    fields = DatagenSettings.__dataclass_fields__
+    settings = DatagenSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    manifest = generate(args.out, settings)
+    print(f"{manifest['frames']} frames, {manifest['atoms']} atoms in {args.out}")
+    if args.check_lammps:
+        from allscaip.reference.crosscheck import compare_engines, write_comparison
+
+        report = write_comparison(compare_engines(args.out, args.check_lammps), args.out)
+        print(report)
     return 0
 
 

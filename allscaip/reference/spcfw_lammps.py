@@ -41,10 +41,11 @@ def write_data(path: Path, positions: np.ndarray, cell: np.ndarray) -> None:
 
 
 def spcfw_lammps_labels(positions: np.ndarray, cell: np.ndarray, cutoff: float = 6.0,
-                        accuracy: float = 1e-8) -> tuple[float, np.ndarray, np.ndarray]:
+                        accuracy: float = 1e-8, tail: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy (kJ/mol), forces (kJ/mol/nm) and virial (kJ/mol, 3x3) of a periodic water box.
 
     positions: (N, 3) A ordered O, H, H per molecule; cell: restricted-triclinic rows (A).
+    ``tail`` adds LAMMPS's long-range Lennard-Jones energy and pressure corrections.
     """
     from allscaip.plugins.lammps import import_lammps
 
@@ -65,7 +66,7 @@ def spcfw_lammps_labels(positions: np.ndarray, cell: np.ndarray, cutoff: float =
             pair_style lj/cut/coul/long {cutoff}
             pair_coeff 1 1 {EPSILON_REAL:.12g} {SIGMA_REAL:.12g}
             pair_coeff * 2 0.0 1.0
-            pair_modify tail yes
+            pair_modify tail {'yes' if tail else 'no'}
             special_bonds lj/coul 0.0 0.0 0.0
             kspace_style ewald {accuracy}
             compute virial all pressure NULL virial
