@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also compare the labels of N liquid frames with LAMMPS (Ewald)")
     spcfw.set_defaults(handler=_run_datagen)
 
+    train = commands.add_parser(
+        "train", help="train or fine-tune a model on energies, forces and stresses (YAML config)",
+        description="See allscaip/train_config.py for the config keys and models/*/train.yaml for an "
+                    "example. Under `torchrun --nproc-per-node N` the run is data parallel.")
+    train.add_argument("config", help="training config (YAML)")
+    train.add_argument("-o", "--output", required=True, help="run folder (model.pt, checkpoint.pt, results)")
+    train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    train.set_defaults(handler=_run_train)
+
     openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
     openmm_commands = openmm_parser.add_subparsers(dest="openmm_command", required=True, metavar="COMMAND")
     run = openmm_commands.add_parser(
@@ -137,6 +146,14 @@ def _run_datagen(args: argparse.Namespace) -> int:
 
         report = write_comparison(compare_engines(args.out, args.check_lammps), args.out)
         print(report)
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from allscaip.train import train
+    from allscaip.train_config import load_config
+
+    train(load_config(args.config), args.output, resume=args.resume)
     return 0
 
 

@@ -1,0 +1,110 @@
+"""Model predictions on labelled frames and the usual error metrics.
+
+Metrics (what MLIP papers report): energy per atom MAE/RMSE (meV/atom), force component
+MAE/RMSE (meV/A) and its ratio to the labels' RMS force, stress component MAE/RMSE
+(meV/A^3) and the MAE's ratio to the labels' stress spread (standard deviation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from allscaip.data import Frame
+from allscaip.model import AllScAIP
+
+
+@dataclass
+class FrameTensors:
+    """A frame as model inputs and labels (stress as -virial/V, ASE sign)."""
+
+    positions: torch.Tensor
+    numbers: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+    charge: torch.Tensor
+    spin: torch.Tensor
+    energy: float
+    forces: torch.Tensor | None
+    stress: torch.Tensor | None
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_atoms
+
+
+def frame_tensors(frame: Frame, dtype: torch.dtype = torch.float64) -> FrameTensors:
+    def tensor(array):
+        return None if array is None else torch.as_tensor(np.asarray(array), dtype=dtype)
+
+    return FrameTensors(
+        positions=tensor(frame.positions), numbers=torch.as_tensor(frame.numbers, dtype=torch.long),
+        cell=tensor(frame.cell), pbc=torch.as_tensor(frame.pbc, dtype=torch.bool),
+        charge=torch.tensor(frame.charge), spin=torch.tensor(frame.spin), energy=float(frame.energy),
+        forces=tensor(frame.forces), stress=tensor(frame.stress) if frame.pbc.all() else None)
+
+
+def predict(model: AllScAIP, frame: FrameTensors, with_stress: bool):
+    """Energy (eV, float64 tensor), forces (eV/A) and stress (eV/A^3 or None)."""
+    with_stress = with_stress and frame.stress is not None and not model.direct_forces
+    energy, forces, virial = model(frame.positions, frame.numbers, frame.cell, frame.pbc,
+                                   frame.charge, frame.spin, True, with_stress)
+    stress = -virial / torch.abs(torch.det(frame.cell)) if with_stress else None
+    return energy, forces, stress
+
+
+def error_metrics(model: AllScAIP, frames: list[FrameTensors]) -> dict:
+    """Errors of ``model`` on ``frames`` (no gradients kept)."""
+    energy_errors, force_errors, force_labels, stress_errors, stress_labels = [], [], [], [], []
+    for frame in frames:
+        energy, forces, stress = predict(model, frame, with_stress=True)
+        energy_errors.append((float(energy.detach()) - frame.energy) / frame.n_atoms)
+        if frame.forces is not None:
+            force_errors.append((forces.detach() - frame.forces).flatten().double().numpy())
+            force_labels.append(frame.forces.flatten().double().numpy())
+        if stress is not None:
+            stress_errors.append((stress.detach() - frame.stress).flatten().double().numpy())
+            stress_labels.append(frame.stress.flatten().double().numpy())
+    metrics = {"frames": len(frames)}
+    if not frames:
+        return metrics
+    e = np.array(energy_errors) * 1e3
+    metrics.update(energy_mae_mev_atom=float(np.abs(e).mean()), energy_rmse_mev_atom=float(np.sqrt((e**2).mean())))
+    if force_errors:
+        f, labels = np.concatenate(force_errors) * 1e3, np.concatenate(force_labels) * 1e3
+        metrics.update(force_mae_mev_a=float(np.abs(f).mean()), force_rmse_mev_a=float(np.sqrt((f**2).mean())),
+                       force_rms_label_mev_a=float(np.sqrt((labels**2).mean())))
+        metrics["force_rmse_relative"] = metrics["force_rmse_mev_a"] / metrics["force_rms_label_mev_a"]
+    if stress_errors:
+        s, labels = np.concatenate(stress_errors) * 1e3, np.concatenate(stress_labels) * 1e3
+        metrics.update(stress_mae_mev_a3=float(np.abs(s).mean()), stress_rmse_mev_a3=float(np.sqrt((s**2).mean())),
+                       stress_spread_mev_a3=float(labels.std()))
+        metrics["stress_mae_relative"] = metrics["stress_mae_mev_a3"] / metrics["stress_spread_mev_a3"]
+    return metrics
+
+
+METRIC_COLUMNS = (
+    ("frames", "frames", "{:d}"),
+    ("energy_mae_mev_atom", "E MAE (meV/atom)", "{:.3f}"),
+    ("energy_rmse_mev_atom", "E RMSE (meV/atom)", "{:.3f}"),
+    ("force_mae_mev_a", "F MAE (meV/A)", "{:.1f}"),
+    ("force_rmse_mev_a", "F RMSE (meV/A)", "{:.1f}"),
+    ("force_rmse_relative", "F RMSE / F RMS", "{:.2%}"),
+    ("stress_mae_mev_a3", "S MAE (meV/A^3)", "{:.4f}"),
+    ("stress_mae_relative", "S MAE / S spread", "{:.2%}"),
+)
+
+
+def metrics_table(rows: dict[str, dict]) -> str:
+    """Markdown table, one row per data set."""
+    header = "| set | " + " | ".join(title for _, title, _ in METRIC_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(METRIC_COLUMNS) + 1)]
+    for name, metrics in rows.items():
+        cells = [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,339 @@
+"""``allscaip train CONFIG.yaml``: fit an AllScAIP model to energies, forces and stresses.
+
+- Loss: weighted sum of mean squared errors of energy per atom, force components and stress
+  components, each divided by the variance of its training labels (weights are unit-free).
+- Element energy references fitted by least squares on the training set; the network learns
+  the rest, scaled by the RMS force.
+- AdamW, linear warm-up then cosine decay, gradient-norm clipping, EMA weights (used for
+  validation and the saved model), random rotations of every frame (the architecture is
+  not exactly rotation invariant).
+- Validation each epoch; ``checkpoint.pt`` after each epoch; ``--resume`` continues from it and
+  reproduces an uninterrupted run exactly (batch order and rotations derive from seed and epoch).
+- Data parallel under ``torchrun``: every rank takes a slice of each global batch, gradients
+  are summed with all-reduce (gloo on CPU, nccl on GPU), so the run equals one process with
+  the same global batch.
+- Output folder: ``model.pt`` (best EMA weights), ``checkpoint.pt``, ``history.csv``,
+  ``results.json`` and ``results.md`` (error table on train / validation / test).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from allscaip.config import ModelConfig
+from allscaip.data import Frame, batches, read_frames, split_indices
+from allscaip.evaluate import FrameTensors, error_metrics, frame_tensors, metrics_table, predict
+from allscaip.io import load_model, save_model
+from allscaip.model import AllScAIP
+from allscaip.train_config import TrainConfig
+
+
+def fit_element_references(frames: list[Frame], n_elements: int) -> torch.Tensor:
+    """Per-element energies (eV) minimising the squared error of sum_i ref[Z_i] vs E."""
+    present = sorted({int(z) for frame in frames for z in frame.numbers})
+    counts = np.array([[np.count_nonzero(frame.numbers == z) for z in present] for frame in frames], float)
+    energies = np.array([frame.energy for frame in frames])
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    references = torch.zeros(n_elements, dtype=torch.float64)
+    references[present] = torch.tensor(solution)
+    return references
+
+
+def rotate(frame: FrameTensors, rotation: torch.Tensor) -> FrameTensors:
+    """The same frame in rotated axes (positions, cell, forces as rows; stress R S R^T)."""
+    return FrameTensors(
+        positions=frame.positions @ rotation.T, numbers=frame.numbers, cell=frame.cell @ rotation.T,
+        pbc=frame.pbc, charge=frame.charge, spin=frame.spin, energy=frame.energy,
+        forces=None if frame.forces is None else frame.forces @ rotation.T,
+        stress=None if frame.stress is None else rotation @ frame.stress @ rotation.T)
+
+
+def random_rotation(generator: np.random.Generator, dtype: torch.dtype) -> torch.Tensor:
+    q, r = np.linalg.qr(generator.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return torch.tensor(q, dtype=dtype)
+
+
+class Trainer:
+    """One training run in ``output`` (a folder), on one process or one torchrun rank."""
+
+    def __init__(self, config: TrainConfig, output: str | Path, progress: bool = True):
+        self.config, self.output = config, Path(output)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.progress = progress and self.rank == 0
+        self.dtype = getattr(torch, config.dtype)
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self._load_data()
+        self.model = self._build_model()
+        self.ema = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           weight_decay=config.optim.weight_decay)
+        self.epoch, self.step, self.best = 0, 0, math.inf
+        self.history: list[dict] = []
+        self.steps_per_epoch = len(list(batches(self.train_frames, config.optim.max_atoms_per_batch, True, 0)))
+        self.total_steps = max(1, self.steps_per_epoch * config.optim.epochs)
+
+    def _load_data(self) -> None:
+        data = self.config.data
+        frames = read_frames(data.train)
+        if not frames:
+            raise ValueError(f"no frames in {data.train}")
+        split = split_indices(len(frames), data.split_seed, data.validation_fraction,
+                              0.0 if data.test else data.test_fraction)
+        self.train_raw = [frames[i] for i in split["train"]]
+        to_tensors = lambda subset: [frame_tensors(f, self.dtype) for f in subset]  # noqa: E731
+        self.train_frames = to_tensors(self.train_raw)
+        self.validation_frames = to_tensors([frames[i] for i in split["validation"]])
+        test_raw = read_frames(data.test) if data.test else [frames[i] for i in split["test"]]
+        self.test_frames = to_tensors(test_raw)
+        self.split = split
+        labels = [f for f in self.train_frames if f.forces is not None]
+        self.force_variance = float(torch.cat([f.forces.flatten() for f in labels]).double().var()) if labels else 1.0
+        stresses = [f.stress.flatten() for f in self.train_frames if f.stress is not None]
+        self.stress_variance = float(torch.cat(stresses).double().var()) if stresses else 1.0
+
+    def _build_model(self) -> AllScAIP:
+        config = self.config
+        if config.init_from:
+            model = load_model(config.init_from, dtype=self.dtype)
+            if config.refit_element_references:
+                model.element_references = fit_element_references(self.train_raw, model.element_references.numel())
+        else:
+            model_config = ModelConfig.from_dict(config.model)
+            references = fit_element_references(self.train_raw, model_config.max_num_elements)
+            scale = math.sqrt(self.force_variance)
+            model = AllScAIP(model_config, energy_scale=scale, force_scale=scale, stress_scale=scale,
+                             element_references=references).to(self.dtype)
+        residuals = [(f.energy - float(model.element_references[f.numbers].sum())) / f.n_atoms
+                     for f in self.train_frames]
+        self.energy_variance = max(float(np.var(residuals)), 1e-12)
+        return model.train()
+
+    # ----------------------------------------------------------------- optimisation
+    def learning_rate(self, step: int) -> float:
+        optim = self.config.optim
+        if step < optim.warmup_steps:
+            return optim.lr * (step + 1) / optim.warmup_steps
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, self.total_steps - optim.warmup_steps))
+        return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def batch_loss(self, batch: list[FrameTensors], generator: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        """This rank's share of the global batch loss (sums divided by global counts)."""
+        weights = self.config.loss
+        rotations = [random_rotation(generator, self.dtype) if self.config.rotation_augmentation else None
+                     for _ in batch]  # drawn for the whole batch so every rank's stream agrees
+        n_frames = len(batch)
+        n_force = sum(3 * f.n_atoms for f in batch if f.forces is not None)
+        n_stress = sum(9 for f in batch if f.stress is not None and not self.model.direct_forces)
+        energy_sum = force_sum = stress_sum = torch.zeros((), dtype=torch.float64)
+        for index in range(self.rank, len(batch), self.world):
+            frame = batch[index] if rotations[index] is None else rotate(batch[index], rotations[index])
+            energy, forces, stress = predict(self.model, frame, with_stress=weights.stress > 0)
+            energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2
+            if frame.forces is not None:
+                force_sum = force_sum + (forces - frame.forces).square().sum().double()
+            if stress is not None:
+                stress_sum = stress_sum + (stress - frame.stress).square().sum().double()
+        terms = {"energy": energy_sum / n_frames / self.energy_variance,
+                 "forces": force_sum / max(n_force, 1) / self.force_variance,
+                 "stress": stress_sum / max(n_stress, 1) / self.stress_variance}
+        loss = weights.energy * terms["energy"] + weights.forces * terms["forces"] + weights.stress * terms["stress"]
+        return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def train_epoch(self) -> dict:
+        from tqdm import tqdm
+
+        optim = self.config.optim
+        epoch_batches = list(batches(self.train_frames, optim.max_atoms_per_batch, True,
+                                     seed=self.config.seed * 100003 + self.epoch))
+        generator = np.random.default_rng([self.config.seed, self.epoch])
+        totals = {"loss": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0}
+        bar = tqdm(epoch_batches, desc=f"epoch {self.epoch + 1}/{optim.epochs}", unit="batch",
+                   disable=not self.progress, leave=False)
+        for batch in bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.step)
+            loss, terms = self.batch_loss(batch, generator)
+            self.optimizer.zero_grad(set_to_none=False)
+            if loss.requires_grad:  # a rank may hold no frame of a small batch
+                loss.backward()
+            parts = self._all_reduce(torch.tensor([float(loss.detach())] + [terms[k] for k in ("energy", "forces", "stress")],
+                                                  dtype=torch.float64))
+            self._all_reduce_gradients()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.grad_clip)
+            self.optimizer.step()
+            self._update_ema()
+            self.step += 1
+            for key, value in zip(totals, parts.tolist()):
+                totals[key] += value / len(epoch_batches)
+            bar.set_postfix(loss=f"{float(parts[0]):.4f}")
+        return totals
+
+    def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+    def _all_reduce_gradients(self) -> None:
+        if self.world == 1:
+            return
+        for parameter in self.model.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad)
+
+    def _update_ema(self) -> None:
+        decay = min(self.config.optim.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                self.ema[name].mul_(decay).add_(parameter.detach(), alpha=1 - decay)
+
+    def ema_model(self) -> AllScAIP:
+        """A copy of the model carrying the EMA weights, in evaluation mode."""
+        model = AllScAIP(self.model.config, self.model.energy_scale, self.model.energy_shift,
+                         self.model.force_scale, self.model.stress_scale,
+                         self.model.element_references.clone()).to(self.dtype)
+        state = dict(self.model.state_dict())
+        state.update(self.ema)
+        model.load_state_dict(state)
+        return model.eval()
+
+    # ----------------------------------------------------------------- bookkeeping
+    def checkpoint_state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best,
+                "model": self.model.state_dict(), "ema": self.ema,
+                "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "config": self.config.to_dict()}
+
+    def save_checkpoint(self) -> None:
+        path = self.output / "checkpoint.pt"
+        torch.save(self.checkpoint_state(), path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
+
+    def resume(self) -> None:
+        path = self.output / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, weights_only=True)
+        if state["config"] != self.config.to_dict():
+            raise ValueError(f"--resume: {path} was written with a different training config")
+        self.model.load_state_dict(state["model"])
+        self.ema = state["ema"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.history = state["history"]
+
+    def save_model(self, path: Path, metrics: dict) -> None:
+        model = self.ema_model()
+        metadata = {"source": "allscaip train", "epoch": self.epoch, "validation": metrics,
+                    "training_config": self.config.to_dict()}
+        save_model(model, model.config, path, metadata)
+
+    def validation_loss(self, metrics: dict) -> float:
+        weights, loss = self.config.loss, 0.0
+        loss += weights.energy * (metrics["energy_rmse_mev_atom"] * 1e-3) ** 2 / self.energy_variance
+        if "force_rmse_mev_a" in metrics:
+            loss += weights.forces * (metrics["force_rmse_mev_a"] * 1e-3) ** 2 / self.force_variance
+        if "stress_rmse_mev_a3" in metrics:
+            loss += weights.stress * (metrics["stress_rmse_mev_a3"] * 1e-3) ** 2 / self.stress_variance
+        return loss
+
+    def run(self) -> dict:
+        """Train for the configured epochs (from the current epoch) and write the results."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        while self.epoch < self.config.optim.epochs:
+            epoch_started = time.perf_counter()
+            totals = self.train_epoch()
+            self.epoch += 1
+            if self.rank == 0:
+                metrics = error_metrics(self.ema_model(), self.validation_frames) if self.validation_frames else {}
+                validation = self.validation_loss(metrics) if metrics else totals["loss"]
+                record = {"epoch": self.epoch, "step": self.step, "lr": self.learning_rate(self.step),
+                          "train_loss": totals["loss"], "validation_loss": validation,
+                          "seconds": round(time.perf_counter() - epoch_started, 2),
+                          **{f"validation_{k}": v for k, v in metrics.items() if k != "frames"}}
+                self.history.append(record)
+                if validation < self.best:
+                    self.best = validation
+                    self.save_model(self.output / "model.pt", metrics)
+                self.save_checkpoint()
+                self._write_history()
+                if self.progress:
+                    remaining = (self.config.optim.epochs - self.epoch) * record["seconds"]
+                    print(f"epoch {self.epoch}: train loss {totals['loss']:.4g}, validation loss {validation:.4g}, "
+                          f"F RMSE {metrics.get('force_rmse_mev_a', float('nan')):.1f} meV/A, "
+                          f"E MAE {metrics.get('energy_mae_mev_atom', float('nan')):.2f} meV/atom, "
+                          f"{record['seconds']:.0f} s, ETA {remaining / 60:.1f} min", flush=True)
+            if self.world > 1:
+                dist.barrier()
+        return self.finish(time.perf_counter() - started) if self.rank == 0 else {}
+
+    def _write_history(self) -> None:
+        keys = sorted({k for record in self.history for k in record}, key=lambda k: (k != "epoch", k))
+        with open(self.output / "history.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def finish(self, seconds: float) -> dict:
+        best = load_model(self.output / "model.pt", dtype=torch.float64)
+        to64 = lambda frames: [frame_tensors_like(f) for f in frames]  # noqa: E731
+        rows = {"train (first 200)": error_metrics(best, to64(self.train_frames[:200])),
+                "validation": error_metrics(best, to64(self.validation_frames)),
+                "test": error_metrics(best, to64(self.test_frames))}
+        results = {"sets": rows, "frames": {"train": len(self.train_frames),
+                                            "validation": len(self.validation_frames),
+                                            "test": len(self.test_frames)},
+                   "epochs": self.epoch, "steps": self.step, "wall_time_s_this_invocation": round(seconds, 1),
+                   "epoch_seconds_total": round(sum(r["seconds"] for r in self.history), 1),
+                   "world_size": self.world, "config": self.config.to_dict()}
+        (self.output / "results.json").write_text(json.dumps(results, indent=1))
+        table = metrics_table(rows)
+        (self.output / "results.md").write_text(table + "\n")
+        if self.progress:
+            print(table)
+        return results
+
+
+def frame_tensors_like(frame: FrameTensors) -> FrameTensors:
+    """The frame in float64 (final evaluation of the saved model)."""
+    cast = lambda t: None if t is None else t.to(torch.float64)  # noqa: E731
+    return FrameTensors(cast(frame.positions), frame.numbers, cast(frame.cell), frame.pbc, frame.charge,
+                        frame.spin, frame.energy, cast(frame.forces), cast(frame.stress))
+
+
+def init_distributed() -> bool:
+    """Join the torchrun process group if this process was started by torchrun."""
+    if "RANK" not in os.environ or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def train(config: TrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    started_group = init_distributed()
+    try:
+        trainer = Trainer(config, output, progress=progress)
+        if resume:
+            trainer.resume()
+        elif (Path(output) / "checkpoint.pt").exists():
+            raise ValueError(f"{output} already holds a training run; pass --resume to continue it "
+                             "or choose a new output folder")
+        return trainer.run()
+    finally:
+        if started_group:
+            dist.destroy_process_group()

@@ -1,0 +1,110 @@
+"""Training configuration: one YAML file, checked on load.
+
+    data:     {train: PATH, test: PATH or null, validation_fraction: 0.1, test_fraction: 0.1, split_seed: 0}
+    model:    ModelConfig fields (ignored when init_from is given)
+    init_from: model file to fine-tune (e.g. a converted fairchem checkpoint), or null
+    loss:     {energy: 1.0, forces: 1.0, stress: 0.1}  (each term divided by its label variance)
+    optim:    {lr, weight_decay, warmup_steps, min_lr_ratio, epochs, max_atoms_per_batch,
+               grad_clip, ema_decay}
+    rotation_augmentation: true
+    dtype: float32
+    seed: 0
+    threads: 2
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class DataSettings:
+    train: str = ""
+    test: str | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class LossWeights:
+    energy: float = 1.0
+    forces: float = 1.0
+    stress: float = 0.1
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.02
+    epochs: int = 10
+    max_atoms_per_batch: int = 400
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+
+
+@dataclass
+class TrainConfig:
+    data: DataSettings
+    model: dict = field(default_factory=dict)
+    init_from: str | None = None
+    refit_element_references: bool = True
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    rotation_augmentation: bool = True
+    dtype: str = "float32"
+    seed: int = 0
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolve_paths(self, base: Path) -> None:
+        """Make data and init_from paths relative to the config file absolute."""
+        self.data.train = str((base / self.data.train).resolve())
+        if self.data.test:
+            self.data.test = str((base / self.data.test).resolve())
+        if self.init_from:
+            self.init_from = str((base / self.init_from).resolve())
+
+
+def _section(cls, values: dict | None, name: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown keys in '{name}': {unknown} (known: {sorted(known)})")
+    return cls(**values)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    values = dict(values)
+    top = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - top)
+    if unknown:
+        raise ValueError(f"unknown top-level keys: {unknown} (known: {sorted(top)})")
+    config = TrainConfig(
+        data=_section(DataSettings, values.pop("data", None), "data"),
+        loss=_section(LossWeights, values.pop("loss", None), "loss"),
+        optim=_section(OptimSettings, values.pop("optim", None), "optim"), **values)
+    if not config.data.train:
+        raise ValueError("data.train must name a data folder, .npz shard or extended XYZ file")
+    if config.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, not {config.dtype!r}")
+    if not config.model and not config.init_from:
+        raise ValueError("give a 'model' section (architecture) or 'init_from' (a model file)")
+    return config
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} not found")
+    config = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    config.resolve_paths(path.parent)
+    return config

@@ -1,0 +1,139 @@
+"""Trainer: learns, resumes bit for bit, data-parallel run equals one process, fine-tunes."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from allscaip.data import write_shard
+from allscaip.evaluate import error_metrics
+from allscaip.io import load_model, read_model_file
+from allscaip.reference.datagen import DatagenSettings, Run, sample_run
+from allscaip.reference.labels import SpcfwLabeller
+from allscaip.train import Trainer, train
+from allscaip.train_config import config_from_dict, load_config
+
+TINY_MODEL = {"hidden_size": 16, "num_layers": 1, "atten_num_heads": 2, "max_radius": 4.0, "knn_k": 8,
+              "freequency_list": [2, 2, 2, 2], "attn_num_freq": 4, "edge_distance_expansion_size": 16,
+              "node_direction_expansion_size": 3, "edge_direction_expansion_size": 3,
+              "smooth_node_order": True}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def water_data(tmp_path_factory):
+    """12 labelled frames: two 16-water boxes and gas-phase monomers/dimers."""
+    settings = DatagenSettings(frames_per_run=3, equilibration_ps=0.05, interval_ps=0.02)
+    labeller = SpcfwLabeller()
+    runs = [Run(0, "liquid", 16, 300.0, 1.0, 1), Run(1, "liquid", 16, 400.0, 0.9, 2),
+            Run(0, "monomer", 1, 300.0, 0.0, 3), Run(1, "dimer", 2, 300.0, 0.0, 4)]
+    frames = [frame for run in runs for frame in sample_run(run, settings, labeller)]
+    return write_shard(frames, tmp_path_factory.mktemp("data") / "water.npz")
+
+
+def history(run_folder):
+    with open(run_folder / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def tiny_config(data, **changes):
+    values = {"data": {"train": str(data), "validation_fraction": 0.25, "test_fraction": 0.0},
+              "model": TINY_MODEL, "optim": {"epochs": 3, "max_atoms_per_batch": 60, "warmup_steps": 2,
+                                             "lr": 3e-3},
+              "dtype": "float64", "threads": 1}
+    values.update(changes)
+    return config_from_dict(values)
+
+
+def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_path):
+    config = tiny_config(water_data)
+    trainer = Trainer(config, tmp_path, progress=False)
+    before = trainer.validation_loss(error_metrics(trainer.ema_model(), trainer.validation_frames))
+    results = trainer.run()
+    after = trainer.history[-1]["validation_loss"]
+    assert after < 0.7 * before
+    assert (tmp_path / "results.md").read_text().startswith("| set |")
+    assert set(results["sets"]) == {"train (first 200)", "validation", "test"}
+    model = load_model(tmp_path / "model.pt")
+    assert model.config.smooth_node_order and read_model_file(tmp_path / "model.pt")["metadata"]["source"] == "allscaip train"
+    # element references from least squares: O and H carry most of the energy scale
+    assert model.element_references[[1, 8]].abs().min() > 0
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path):
+    config = tiny_config(water_data)
+    train(config, tmp_path / "straight", progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    interrupted = Trainer(config, tmp_path / "resumed", progress=False)
+    original = interrupted.train_epoch
+    calls = []
+
+    def stop_in_second_epoch():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+        return original()
+
+    interrupted.train_epoch = stop_in_second_epoch
+    with pytest.raises(Interrupted):
+        interrupted.run()
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, tmp_path / "resumed", progress=False)
+    train(config, tmp_path / "resumed", resume=True, progress=False)
+    straight = read_model_file(tmp_path / "straight" / "model.pt")
+    resumed = read_model_file(tmp_path / "resumed" / "model.pt")
+    assert straight["weights_sha256"] == resumed["weights_sha256"]
+    histories = [history(tmp_path / run) for run in ("straight", "resumed")]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in histories[0]] == \
+           [{k: v for k, v in row.items() if k != "seconds"} for row in histories[1]]
+
+
+def test_two_process_torchrun_matches_one_process(water_data, tmp_path):
+    values = {"data": {"train": str(water_data), "validation_fraction": 0.25, "test_fraction": 0.0},
+              "model": TINY_MODEL, "optim": {"epochs": 2, "max_atoms_per_batch": 100, "warmup_steps": 2},
+              "dtype": "float64", "threads": 1}
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(values))
+    single = train(load_config(config_path), tmp_path / "single", progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "allscaip.cli", "train", str(config_path), "-o", str(tmp_path / "ddp")]
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    one, ddp = history(tmp_path / "single"), history(tmp_path / "ddp")
+    assert len(one) == len(ddp) == 2
+    for a, b in zip(one, ddp):
+        for column in ("train_loss", "validation_loss"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-9)
+    assert single["world_size"] == 1
+    assert '"world_size": 2' in (tmp_path / "ddp" / "results.json").read_text()
+
+
+def test_fine_tuning_starts_from_a_converted_fairchem_checkpoint(water_data, tmp_path):
+    from openmm_helpers import smooth_model_file
+
+    start = smooth_model_file(tmp_path / "fairchem.pt")
+    config = tiny_config(water_data, model={}, init_from=str(start), optim={"epochs": 1, "max_atoms_per_batch": 60,
+                                                                            "warmup_steps": 1, "lr": 1e-3})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    assert trainer.model.config.hidden_size == load_model(start).config.hidden_size
+    before = trainer.validation_loss(error_metrics(trainer.ema_model(), trainer.validation_frames))
+    trainer.run()
+    assert trainer.history[-1]["validation_loss"] < before
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys in 'optim'"):
+        config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "optim": {"learning_rate": 1}})
+    with pytest.raises(ValueError, match="'model' section"):
+        config_from_dict({"data": {"train": "x"}})
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
