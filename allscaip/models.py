@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = MODELS_DIR / "default" / "model.pt"
+DEFAULT_MODEL = MODELS_DIR / "allscaip-spcfw-water" / "model.pt"  # card: MODEL_CARD.md there
 
 
 def default_model_path() -> Path:
