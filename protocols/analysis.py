@@ -1,0 +1,106 @@
+"""Statistics of MD time series: equilibration detection and statistical inefficiency
+(pymbar.timeseries, Chodera 2016), standard errors from the number of uncorrelated samples,
+heat of vaporization, and the combination of independent replicas.
+
+The standard error of a mean over the production part is ``s * sqrt(g / n)`` (s: sample
+standard deviation, g: statistical inefficiency, n: samples), i.e. the error of n / g
+uncorrelated samples -- equivalent to subsampling every g-th point, without discarding data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+GAS_CONSTANT_KJ = 8.314462618e-3  # kJ/(mol K)
+BAR_NM3_TO_KJ_MOL = 1e5 * 1e-27 * 6.02214076e23 / 1e3  # p V in bar nm^3 -> kJ/mol
+MIN_SAMPLES = 10
+
+
+def _timeseries():
+    for name in ("pymbar", "pymbar.timeseries", "pymbar.mbar_solvers"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # import-time advice on stderr
+    import pymbar.timeseries
+
+    return pymbar.timeseries
+
+
+@dataclass
+class Estimate:
+    """Mean of a time series after equilibration, with its uncertainty."""
+
+    mean: float
+    stderr: float
+    statistical_inefficiency: float
+    n_samples: int
+    n_eff: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect_equilibration(series: np.ndarray) -> int:
+    """Index where production starts: maximises the number of uncorrelated samples."""
+    series = np.asarray(series, dtype=float)
+    if len(series) < MIN_SAMPLES:
+        return 0
+    if np.ptp(series) == 0:
+        return 0
+    t0, _, _ = _timeseries().detect_equilibration(series)
+    return int(t0)
+
+
+def statistical_inefficiency(series: np.ndarray) -> float:
+    series = np.asarray(series, dtype=float)
+    if len(series) < 2 or np.ptp(series) == 0:
+        return 1.0
+    return float(_timeseries().statistical_inefficiency(series))
+
+
+def estimate(series: np.ndarray) -> Estimate:
+    """Mean and standard error of an equilibrated, correlated series."""
+    series = np.asarray(series, dtype=float)
+    n = len(series)
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to estimate an uncertainty, got {n}")
+    g = statistical_inefficiency(series)
+    return Estimate(float(series.mean()), float(series.std(ddof=1) * math.sqrt(g / n)), g, n, n / g)
+
+
+def common_start(columns: list[np.ndarray], first: int = 0) -> int:
+    """Start of production for several observables of one run: the latest of their
+    detected equilibration points, searched from index ``first``."""
+    return first + max(detect_equilibration(np.asarray(c)[first:]) for c in columns)
+
+
+def hvap(gas_energy: Estimate, liquid_energy_per_molecule: Estimate, temperature: float) -> dict:
+    """ΔHvap = <U_gas> - <U_liq>/N + RT (ideal gas; no other terms added)."""
+    value = gas_energy.mean - liquid_energy_per_molecule.mean + GAS_CONSTANT_KJ * temperature
+    stderr = math.hypot(gas_energy.stderr, liquid_energy_per_molecule.stderr)
+    return {"mean": value, "stderr": stderr}
+
+
+def pv_term(pressure_bar: float, mean_volume_nm3: float, n_molecules: int) -> float:
+    """p<V>/N in kJ/mol: subtract it from ΔHvap for the full expression (reported apart)."""
+    return pressure_bar * mean_volume_nm3 * BAR_NM3_TO_KJ_MOL / n_molecules
+
+
+def combine_replicas(values: list[tuple[float, float]]) -> dict:
+    """Mean over independent replicas (value, stderr). ``stderr_within`` propagates the
+    per-replica errors, ``stderr_between`` is the scatter of replica means / sqrt(R) (two or
+    more replicas); ``stderr`` is the larger of the two, so neither is understated."""
+    means = np.array([v for v, _ in values], dtype=float)
+    errors = np.array([e for _, e in values], dtype=float)
+    count = len(means)
+    within = float(math.sqrt(np.sum(errors ** 2)) / count)
+    out = {"mean": float(means.mean()), "stderr_within": within, "n_replicas": count,
+           "replicas": [{"mean": float(m), "stderr": float(e)} for m, e in zip(means, errors)]}
+    if count > 1:
+        out["stderr_between"] = float(means.std(ddof=1) / math.sqrt(count))
+        out["stderr"] = max(within, out["stderr_between"])
+    else:
+        out["stderr"] = within
+    return out

@@ -1,0 +1,230 @@
+"""The liquid-property protocol: build boxes, run liquid (NPT) and gas (NVT) phases per
+replica, extend production until target uncertainties are met, analyse, plot, report.
+
+Folder layout (``--out``): ``settings.json``, ``gas.pdb``, ``replica-K/{box.pdb, liquid/,
+gas/}`` (each phase folder: thermo.csv, trajectory.dcd, checkpoint, status.json), then
+``report.json``, ``summary.md``, ``timeseries.csv``, ``rdf.csv`` and ``plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from allscaip.protocols import analysis, boxes, refdata
+from allscaip.protocols.engines import Phase, completed_steps, run_phase
+from allscaip.protocols.molecules import Molecule, load_molecule
+from allscaip.protocols.settings import ProtocolSettings
+
+EXTENSION_FRACTION = 0.25  # each extension adds this fraction of the production length
+DEFAULT_MAX_FACTOR = 4.0  # without --max-production, extend to at most 4x production
+
+
+class Progress:
+    """Reporter lines, at most one per ``interval`` seconds per phase (plus notices)."""
+
+    def __init__(self, interval: float = 10.0, echo=print):
+        self.interval, self.echo, self.prefix, self.last = interval, echo, "", 0.0
+
+    def phase(self, prefix: str) -> None:
+        self.prefix, self.last = prefix, 0.0
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        if not line.startswith("step") or now - self.last >= self.interval:
+            self.echo(f"[{self.prefix}] {line}", flush=True)
+            self.last = now
+
+
+def check_model_elements(model_path: str, molecule: Molecule):
+    """Load the model; raise ValueError when it does not cover the molecule's elements."""
+    from ase.data import chemical_symbols
+
+    from allscaip.io import load_model
+
+    model = load_model(model_path)
+    listed = model.metadata.get("elements")
+    if listed:
+        covered = {chemical_symbols[e] if isinstance(e, int) else str(e) for e in listed}
+    else:
+        highest = min(model.max_atomic_number, model.element_references.numel() - 1)
+        covered = set(chemical_symbols[1:highest + 1])
+    missing = sorted(set(molecule.symbols) - covered)
+    if missing:
+        raise ValueError(f"model {model_path} does not cover element(s) {', '.join(missing)} of "
+                         f"{molecule.name} (the model covers {', '.join(sorted(covered)) if len(covered) < 20 else f'Z = 1..{len(covered)}'})")
+    return model
+
+
+def start_density(settings: ProtocolSettings, experiment: dict | None) -> float:
+    if settings.start_density is not None:
+        return settings.start_density
+    if experiment and experiment["density_g_cm3"]:
+        return boxes.START_FRACTION * experiment["density_g_cm3"]
+    return boxes.DEFAULT_START_DENSITY
+
+
+def make_phase(settings: ProtocolSettings, kind: str, pdb: Path, out: Path, steps: int, seed: int) -> Phase:
+    liquid = kind == "liquid"
+    return Phase(name=kind, pdb=pdb, out=out, model=settings.model, ensemble="npt" if liquid else "nvt",
+                 steps=steps, temperature=settings.temperature, pressure=settings.pressure,
+                 timestep=settings.timestep, report_interval=settings.report_interval,
+                 friction=settings.friction if liquid else settings.gas_friction, seed=seed,
+                 charge=settings.charge, spin=settings.spin, hydrogen_mass=settings.hydrogen_mass,
+                 precision=settings.precision,
+                 # one molecule: OpenMM's Reference platform has far less overhead than CPU
+                 platform=settings.platform if liquid else "Reference",
+                 barostat_interval=settings.barostat_interval)
+
+
+def read_thermo(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{path} holds no samples")
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+
+
+def analyse_phase(table: dict[str, np.ndarray], burn_in_ps: float, observables: dict[str, np.ndarray]) -> dict:
+    """Discard ``burn_in_ps``, detect equilibration on all observables jointly, estimate each."""
+    times = table["time_ps"]
+    first = int(np.searchsorted(times, burn_in_ps, side="right"))
+    if len(times) - first < analysis.MIN_SAMPLES:
+        raise ValueError(f"only {len(times) - first} samples after the {burn_in_ps} ps equilibration; "
+                         f"production needs at least {analysis.MIN_SAMPLES} reports")
+    start = analysis.common_start(list(observables.values()), first)
+    result = {"t_equil_ps": float(times[start - 1]) if start > 0 else 0.0, "start_index": start,
+              "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
+              "ns_per_day": float(np.median(table["ns_per_day"]))}
+    for name, series in observables.items():
+        result[name] = analysis.estimate(series[start:]).as_dict()
+    return result
+
+
+class LiquidProtocol:
+    """One protocol run in ``settings.out`` (see the module docstring)."""
+
+    def __init__(self, settings: ProtocolSettings, progress: Progress | None = None):
+        self.settings = settings
+        self.out = Path(settings.out)
+        self.progress = progress or Progress()
+        self.molecule = load_molecule(settings.molecule, settings.charge, settings.spin, settings.name)
+        self.experiment = refdata.experiment(self.molecule.name)
+        self.references = refdata.reference_models(self.molecule.name)
+        self.model = check_model_elements(settings.model, self.molecule)
+        self.began = time.perf_counter()
+        self.previous_wall = 0.0
+
+    # -- running -------------------------------------------------------------------------
+    def replica_dir(self, replica: int) -> Path:
+        return self.out / f"replica-{replica}"
+
+    def prepare(self) -> None:
+        s = self.settings
+        self.out.mkdir(parents=True, exist_ok=True)
+        s.to_json(self.out / "settings.json")
+        wall = self.out / "wall_time.json"
+        self.previous_wall = json.loads(wall.read_text())["seconds"] if wall.exists() else 0.0
+        if s.needs_gas and not (self.out / "gas.pdb").exists():
+            boxes.build_gas(self.molecule, self.out / "gas.pdb")
+        density = start_density(s, self.experiment)
+        for replica in range(s.replicas):
+            box = self.replica_dir(replica) / "box.pdb"
+            if not box.exists():
+                box.parent.mkdir(parents=True, exist_ok=True)
+                boxes.build_liquid(self.molecule, s.n_molecules, density, s.seed + replica, box)
+
+    def wall_time(self) -> float:
+        total = self.previous_wall + time.perf_counter() - self.began
+        (self.out / "wall_time.json").write_text(json.dumps({"seconds": total}))
+        return total
+
+    def run_phases(self, liquid_steps: int, gas_steps: int) -> None:
+        s = self.settings
+        for replica in range(s.replicas):
+            folder = self.replica_dir(replica)
+            phases = [make_phase(s, "liquid", folder / "box.pdb", folder / "liquid", liquid_steps,
+                                 s.seed + 2 * replica)]
+            if s.needs_gas:
+                phases.append(make_phase(s, "gas", self.out / "gas.pdb", folder / "gas", gas_steps,
+                                         s.seed + 2 * replica + 1))
+            for phase in phases:
+                self.progress.phase(f"replica {replica + 1}/{s.replicas} {phase.name} {s.engine}")
+                run_phase(s.engine, phase, self.progress)
+                self.wall_time()
+
+    def completed(self, kind: str) -> int:
+        return min(completed_steps(self.replica_dir(r) / kind) for r in range(self.settings.replicas))
+
+    def run(self) -> dict:
+        """Simulate (resuming whatever is in the folder), extend if needed, report."""
+        s = self.settings
+        self.prepare()
+        liquid_steps = max(s.steps(s.equilibration + s.production), self.completed("liquid"))
+        gas_steps = max(s.steps(s.gas_equilibration + s.gas_production), self.completed("gas")) if s.needs_gas else 0
+        max_production = s.max_production or DEFAULT_MAX_FACTOR * s.production
+        chunk = s.steps(EXTENSION_FRACTION * s.production)
+        while True:
+            self.run_phases(liquid_steps, gas_steps)
+            results = self.analyse()
+            extend = self.needs_extension(results)
+            if extend is None:
+                break
+            if extend == "liquid":
+                if liquid_steps + chunk > s.steps(s.equilibration + max_production):
+                    self.progress(f"target uncertainty not reached within --max-production {max_production} ps")
+                    break
+                liquid_steps += chunk
+            else:
+                if gas_steps + chunk > s.steps(s.gas_equilibration + DEFAULT_MAX_FACTOR * s.gas_production):
+                    self.progress("target uncertainty not reached within the gas-phase limit")
+                    break
+                gas_steps += chunk
+            self.progress(f"uncertainty above target: extending the {extend} phase to {liquid_steps if extend == 'liquid' else gas_steps} steps")
+        from allscaip.protocols.report import write_outputs
+
+        return write_outputs(self, results)
+
+    def needs_extension(self, results: dict) -> str | None:
+        """Which phase to extend to meet the tolerances (None when met or none set)."""
+        s = self.settings
+        if s.density_tolerance is not None and results["density_g_cm3"]["stderr"] > s.density_tolerance:
+            return "liquid"
+        if s.needs_gas and s.hvap_tolerance is not None and results["hvap_kj_mol"]["stderr"] > s.hvap_tolerance:
+            liquid_part = np.mean([r["liquid"]["potential_per_molecule"]["stderr"] for r in results["replicas"]])
+            gas_part = np.mean([r["gas"]["potential"]["stderr"] for r in results["replicas"]])
+            return "gas" if gas_part > liquid_part else "liquid"
+        return None
+
+    # -- analysis ------------------------------------------------------------------------
+    def analyse(self) -> dict:
+        s = self.settings
+        replicas = []
+        for replica in range(s.replicas):
+            folder = self.replica_dir(replica)
+            table = read_thermo(folder / "liquid" / "thermo.csv")
+            per_molecule = table["potential_kJ_mol"] / s.n_molecules
+            entry = {"replica": replica, "liquid": analyse_phase(
+                table, s.equilibration, {"density": table["density_g_cm3"],
+                                         "potential_per_molecule": per_molecule,
+                                         "volume_nm3": table["volume_nm3"]})}
+            liquid = entry["liquid"]
+            entry["pv_term_kj_mol"] = analysis.pv_term(s.pressure, liquid["volume_nm3"]["mean"], s.n_molecules)
+            if s.needs_gas:
+                gas_table = read_thermo(folder / "gas" / "thermo.csv")
+                entry["gas"] = analyse_phase(gas_table, s.gas_equilibration,
+                                             {"potential": gas_table["potential_kJ_mol"]})
+                entry["hvap"] = analysis.hvap(analysis.Estimate(**entry["gas"]["potential"]),
+                                              analysis.Estimate(**liquid["potential_per_molecule"]),
+                                              s.temperature)
+            replicas.append(entry)
+        results = {"replicas": replicas, "density_g_cm3": analysis.combine_replicas(
+            [(r["liquid"]["density"]["mean"], r["liquid"]["density"]["stderr"]) for r in replicas])}
+        if s.needs_gas:
+            results["hvap_kj_mol"] = analysis.combine_replicas(
+                [(r["hvap"]["mean"], r["hvap"]["stderr"]) for r in replicas])
+        return results
