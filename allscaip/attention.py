@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from allscaip.features import node_attention_bias
+from allscaip.features import node_attention_bias, node_attention_log_weight, sinc_kernels
+from allscaip.graph import PairImages, minimum_image_distances
 
 
 def rms_norm(size: int) -> nn.RMSNorm:
@@ -21,6 +22,19 @@ def rms_norm(size: int) -> nn.RMSNorm:
     float32, where eps = finfo(float32).eps. Pinning that value makes our float64 model
     compute the same function as the released float32 one."""
     return nn.RMSNorm(size, eps=torch.finfo(torch.float32).eps)
+
+
+def gradients(outputs: List[torch.Tensor], inputs: List[torch.Tensor],
+              grad_outputs: List[torch.Tensor]) -> List[torch.Tensor]:
+    """torch.autograd.grad keeping the graph, with zeros for inputs that do not matter."""
+    seeds: List[Optional[torch.Tensor]] = []
+    for seed in grad_outputs:
+        seeds.append(seed)
+    found = torch.autograd.grad(outputs, inputs, seeds, retain_graph=True, allow_unused=True)
+    result: List[torch.Tensor] = []
+    for grad, tensor in zip(found, inputs):
+        result.append(torch.zeros_like(tensor) if grad is None else grad)
+    return result
 
 
 class AttentionProjections(nn.Module):
@@ -109,7 +123,12 @@ class NeighborhoodAttention(nn.Module):
 
 class NodeAttention(AttentionProjections):
     """Attention of every atom over all atoms of the system (no images), optionally
-    biased by learned mixtures of sinc kernels of the minimum-image distance."""
+    biased by learned mixtures of sinc kernels of the minimum-image distance.
+
+    Dense (fairchem's): the (N, N, K) kernels of all pairs at once. Blocked: query rows in
+    blocks, each block's distances and bias computed on the fly (memory O(block * N)); the
+    backward pass can recompute blocks instead of storing them (``blocked_vjp``).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int, num_frequencies: int,
                  use_sincx_mask: bool, use_residual_scaling: bool):
@@ -123,10 +142,60 @@ class NodeAttention(AttentionProjections):
         else:
             self.register_buffer("radial_weight", torch.empty(0), persistent=False)
 
-    def forward(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
-        """x: (N, H); sinc: (N, N, K) kernels, or empty when the mask is off."""
+    def attention(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
+        """Dense attention update (N, H) without the residual; sinc: (N, N, K) or empty."""
         q, k, v = self.project(self.node_norm(x).unsqueeze(0))
         bias: Optional[torch.Tensor] = None
         if self.use_sincx_mask:
             bias = node_attention_bias(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(q.dtype)
-        return self.node_attn_res_scale * self.attend(q, k, v, bias).squeeze(0) + x
+        return self.attend(q, k, v, bias).squeeze(0)
+
+    def forward(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
+        """x: (N, H); sinc: (N, N, K) kernels, or empty when the mask is off."""
+        return self.node_attn_res_scale * self.attention(x, sinc) + x
+
+    def block_bias(self, pairs: PairImages, omega: torch.Tensor, start: int, stop: int,
+                   dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """(1, heads, B, N) bias of query rows [start, stop), or None without the sinc mask."""
+        if not self.use_sincx_mask:
+            return None
+        sinc = sinc_kernels(minimum_image_distances(pairs, start, stop), omega)
+        return node_attention_log_weight(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(dtype)
+
+    def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pairs: PairImages,
+                    omega: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Attention update (B, H) of query rows [start, stop); q, k, v: (1, heads, N, d)."""
+        bias = self.block_bias(pairs, omega, start, stop, q.dtype)
+        return self.attend(q[:, :, start:stop], k, v, bias).squeeze(0)
+
+    def blocked_attention(self, x: torch.Tensor, pairs: PairImages, omega: torch.Tensor,
+                          block_size: int) -> torch.Tensor:
+        """``attention`` in query blocks of ``block_size`` atoms: (N, H)."""
+        q, k, v = self.project(self.node_norm(x).unsqueeze(0))
+        n_atoms = x.shape[0]
+        return torch.cat([self.attend_rows(q, k, v, pairs, omega, start, min(start + block_size, n_atoms))
+                          for start in range(0, n_atoms, block_size)])
+
+    def blocked_vjp(self, x: torch.Tensor, pairs: PairImages, omega: torch.Tensor, block_size: int,
+                    grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradients of sum(grad_output * blocked_attention(x)) with respect to x, pair
+        positions and image offsets, recomputing one query block at a time (no O(N^2) storage)."""
+        x = x.detach().requires_grad_(True)
+        positions = pairs.positions.detach().requires_grad_(True)
+        offsets = pairs.offsets.detach().requires_grad_(True)
+        leaves = PairImages(positions, offsets, pairs.inverse, pairs.periodic, pairs.strides)
+        q_graph, k_graph, v_graph = self.project(self.node_norm(x).unsqueeze(0))
+        q = q_graph.detach().requires_grad_(True)
+        k = k_graph.detach().requires_grad_(True)
+        v = v_graph.detach().requires_grad_(True)
+        totals = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
+                  torch.zeros_like(positions), torch.zeros_like(offsets)]
+        n_atoms = x.shape[0]
+        for start in range(0, n_atoms, block_size):
+            stop = min(start + block_size, n_atoms)
+            rows = self.attend_rows(q, k, v, leaves, omega, start, stop)
+            grads = gradients([rows], [q, k, v, positions, offsets], [grad_output[start:stop]])
+            for index in range(len(totals)):
+                totals[index] = totals[index] + grads[index]
+        grad_x = gradients([q_graph, k_graph, v_graph], [x], totals[:3])[0]
+        return grad_x, totals[3], totals[4]

@@ -51,6 +51,10 @@ class ModelConfig:
     # hard count jumps when an edge enters or leaves the graph, so its energy is not
     # continuous in the positions; the weighted average is (needed for NVE conservation).
     smooth_node_order: bool = False
+    # Ours, not in fairchem: 0 = dense node attention (fairchem's); n > 0 = query blocks of n
+    # atoms, the sinc bias made per block and, in inference, blocks recomputed in the backward
+    # pass, so memory grows ~linearly in N. Same function (to round-off); a runtime choice.
+    node_attention_block_size: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,8 +84,8 @@ class ModelConfig:
                             "default) is supported")
         if self.energy_reduce != "sum":
             problems.append("only energy_reduce='sum' is supported")
-        if not self.use_node_path:
-            problems.append("use_node_path=False is not supported")
+        if self.node_attention_block_size < 0:
+            problems.append("node_attention_block_size must be >= 0 (0: dense)")
         if problems:
             raise ValueError("Invalid AllScAIP configuration: " + "; ".join(problems))
 

@@ -4,7 +4,7 @@ bond-orientational order, frequency vectors and the sinc kernels of node attenti
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -23,20 +23,26 @@ def gaussian_offsets(cutoff: float, size: int) -> torch.Tensor:
     return torch.linspace(0.0, cutoff, size, dtype=torch.float32)
 
 
-def gaussian_window(distance: torch.Tensor, offsets: torch.Tensor,
-                    half_width: int = 20) -> Tuple[torch.Tensor, torch.Tensor]:
+def gaussian_grid(offsets: torch.Tensor) -> Tuple[float, float]:
+    """First centre and spacing of evenly spaced Gaussian centres, as Python floats."""
+    return float(offsets[0].item()), float(offsets[1].item() - offsets[0].item())
+
+
+def gaussian_window(distance: torch.Tensor, offsets: torch.Tensor, half_width: int = 20,
+                    grid: Optional[Tuple[float, float]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gaussians exp(-(d - mu)^2 / (2 (2 delta)^2)) (delta = centre spacing), evaluated only
     for the 2*half_width+1 centres nearest to each distance.
 
     A centre k spacings away contributes exp(-k^2/8); beyond 20 spacings that is below
     2e-22 of the largest term, so dropping it is exact in float64. Returns the centre
-    indices (E, 2w+1) and values (E, 2w+1); out-of-range centres get value 0.
+    indices (E, 2w+1) and values (E, 2w+1); out-of-range centres get value 0. ``grid`` =
+    ``gaussian_grid(offsets)`` given in advance saves two host syncs.
     """
-    spacing = float(offsets[1].item() - offsets[0].item())
+    first, spacing = gaussian_grid(offsets) if grid is None else grid
     coefficient = -0.5 / (2.0 * spacing) ** 2
     n_centres = offsets.shape[0]
     with torch.no_grad():
-        nearest = torch.round((distance - float(offsets[0].item())) / spacing).to(torch.long)
+        nearest = torch.round((distance - first) / spacing).to(torch.long)
         window = nearest.unsqueeze(-1) + torch.arange(-half_width, half_width + 1, device=distance.device)
         inside = (window >= 0) & (window < n_centres)
         window = window.clamp(0, n_centres - 1)
@@ -115,3 +121,13 @@ def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: fl
     n_pairs = float(sinc.shape[0] * sinc.shape[1])
     total = weight.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
     return torch.log(weight * (n_pairs / total))
+
+
+def node_attention_log_weight(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """log w for a block of query rows: (B, N, K) -> (heads, B, N).
+
+    It differs from ``node_attention_bias`` by the per-head constant log(N^2 / sum w), which
+    the softmax over keys removes, so it needs no pass over all pairs first.
+    """
+    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sinc, radial_weight)) + eps
+    return torch.log(weight)

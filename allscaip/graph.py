@@ -15,8 +15,6 @@ destination rank of i -> (j, m) as the source rank of j -> (i, -m) (same distanc
 The image set is fairchem's: ceil(cutoff / plane spacing) cells along each periodic axis.
 """
 
-from __future__ import annotations
-
 from typing import List, NamedTuple, Tuple
 
 import torch
@@ -34,7 +32,6 @@ class NeighborGraph(NamedTuple):
     dst_env:     (N, P) the same edges in the destination layout
     to_dst:      (N*P,) flat source-layout slot that fills each destination-layout slot
     to_src:      (N*P,) flat destination-layout slot that fills each source-layout slot
-    min_image_distance: (N, N) minimum-image pair distances (empty if not requested)
     """
 
     edge_center: torch.Tensor
@@ -45,7 +42,22 @@ class NeighborGraph(NamedTuple):
     dst_env: torch.Tensor
     to_dst: torch.Tensor
     to_src: torch.Tensor
-    min_image_distance: torch.Tensor
+
+
+class PairImages(NamedTuple):
+    """What minimum-image pair distances of all atoms need (node attention's sinc bias).
+
+    positions: (N, 3) and offsets: (M, 3) lattice translations of the enumerated images, both
+    differentiable; inverse: (3, 3) inverse cell (no autograd) when the minimum image is found
+    by rounding fractional separations (orthorhombic or non-periodic), else empty (search all
+    images); periodic: (3,) 1.0 on periodic axes; strides: (3,) image index = centre + n . strides.
+    """
+
+    positions: torch.Tensor
+    offsets: torch.Tensor
+    inverse: torch.Tensor
+    periodic: torch.Tensor
+    strides: torch.Tensor
 
 
 def safe_norm(vectors: torch.Tensor) -> torch.Tensor:
@@ -68,19 +80,29 @@ def wrap_positions(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tenso
     return positions - shift @ cell.detach()
 
 
+def image_reps(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> List[int]:
+    """Images per side along each axis, as fairchem counts them: ceil(cutoff / plane spacing)
+    on periodic axes, 0 on the others (one host sync)."""
+    if not bool(pbc.any()):
+        return [0, 0, 0]
+    volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2]))
+    inverse_spacings = torch.stack([
+        torch.linalg.norm(torch.linalg.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3]) / volume)
+        for axis in range(3)])
+    reps = torch.where(pbc, torch.ceil(cutoff * inverse_spacings), torch.zeros_like(inverse_spacings))
+    values: List[float] = reps.tolist()
+    return [int(r) for r in values]
+
+
+def lattice_images(reps: List[int], cell: torch.Tensor) -> torch.Tensor:
+    """Integer image vectors (M, 3) in fairchem's order; (0,0,0) sits at M // 2."""
+    ranges = [torch.arange(-r, r + 1, dtype=cell.dtype, device=cell.device) for r in reps]
+    return torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).reshape(-1, 3)
+
+
 def image_translations(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> torch.Tensor:
     """Integer image vectors (M, 3) as fairchem enumerates them; (0,0,0) sits at M // 2."""
-    if not bool(pbc.any()):
-        return torch.zeros((1, 3), dtype=cell.dtype, device=cell.device)
-    volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2]))
-    ranges: List[torch.Tensor] = []
-    for axis in range(3):
-        other1 = cell[(axis + 1) % 3]
-        other2 = cell[(axis + 2) % 3]
-        inverse_spacing = torch.linalg.norm(torch.linalg.cross(other1, other2) / volume)
-        reps = int(torch.ceil(cutoff * inverse_spacing).item()) if bool(pbc[axis]) else 0
-        ranges.append(torch.arange(-reps, reps + 1, dtype=cell.dtype, device=cell.device))
-    return torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).reshape(-1, 3)
+    return lattice_images(image_reps(cell, pbc, cutoff), cell)
 
 
 def plane_spacings(cell: torch.Tensor) -> torch.Tensor:
@@ -95,12 +117,11 @@ def plane_spacings(cell: torch.Tensor) -> torch.Tensor:
 
 def find_candidates_minimum_image(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                                   radius: float, reps: List[int], block_elements: int = 1 << 22
-                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``find_candidates`` in O(N^2) for cells wider than 2 * radius along periodic axes.
 
     Then a pair has at most one image within ``radius``: the one with fractional
-    separation rounded into [-1/2, 1/2], so no image loop is needed. For orthorhombic
-    cells that image is also the minimum image of every pair.
+    separation rounded into [-1/2, 1/2], so no image loop is needed.
     """
     n_atoms = positions.shape[0]
     rows_per_block = max(1, block_elements // max(1, n_atoms * 3))
@@ -110,7 +131,6 @@ def find_candidates_minimum_image(positions: torch.Tensor, cell: torch.Tensor, p
     src: List[torch.Tensor] = []
     dst: List[torch.Tensor] = []
     img: List[torch.Tensor] = []
-    nearest: List[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, n_atoms, rows_per_block):
             stop = min(start + rows_per_block, n_atoms)
@@ -123,15 +143,13 @@ def find_candidates_minimum_image(positions: torch.Tensor, cell: torch.Tensor, p
             src.append(found[:, 0] + start)
             dst.append(found[:, 1])
             img.append(image[found[:, 0], found[:, 1]])
-            nearest.append(image)
-    return torch.cat(src), torch.cat(dst), torch.cat(img), torch.cat(nearest)
+    return torch.cat(src), torch.cat(dst), torch.cat(img)
 
 
 def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: float,
-                    need_min_image: bool, block_elements: int = 1 << 22) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    block_elements: int = 1 << 22) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All (i, j, m) with |r_j + offset_m - r_i| < radius, in (i, j, m) order; no autograd.
 
-    Also returns, if asked, the image index of the minimum-image distance of every pair.
     Distances are evaluated in blocks of about ``block_elements`` (i, j, image) triples.
     """
     n_atoms = positions.shape[0]
@@ -141,7 +159,6 @@ def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: floa
     src: List[torch.Tensor] = []
     dst: List[torch.Tensor] = []
     img: List[torch.Tensor] = []
-    nearest: List[torch.Tensor] = []
     with torch.no_grad():
         for start in range(0, n_atoms, rows_per_block):
             stop = min(start + rows_per_block, n_atoms)
@@ -150,10 +167,7 @@ def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: floa
             src.append(found[:, 0] + start)
             dst.append(found[:, 1])
             img.append(found[:, 2])
-            if need_min_image:
-                nearest.append(torch.argmin(distance, dim=2))
-    min_image = torch.cat(nearest) if need_min_image else torch.empty(0, dtype=torch.long)
-    return torch.cat(src), torch.cat(dst), torch.cat(img), min_image
+    return torch.cat(src), torch.cat(dst), torch.cat(img)
 
 
 def bump(x: torch.Tensor) -> torch.Tensor:
@@ -180,8 +194,7 @@ def _position_in_segment(sorted_segment: torch.Tensor, n_segments: int) -> torch
 
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                          cutoff: float, knn_k: int, rank_scale: float = 0.2,
-                         lse_scale: float = 0.1, knn_delta: int = 20,
-                         need_min_image: bool = False) -> NeighborGraph:
+                         lse_scale: float = 0.1, knn_delta: int = 20) -> NeighborGraph:
     """The soft bi-kNN graph of one system; differentiable in positions and cell.
 
     positions: (N, 3) Angstrom, already wrapped; cell: (3, 3) rows are lattice vectors;
@@ -189,19 +202,17 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
     """
     n_atoms = positions.shape[0]
     device = positions.device
-    images = image_translations(cell.detach(), pbc, cutoff)
+    reps = image_reps(cell.detach(), pbc, cutoff)
+    images = lattice_images(reps, cell.detach())
     n_images = images.shape[0]
     offsets = images @ cell  # differentiable in the (strained) cell
     search_radius = cutoff + 4.0 * rank_scale
     wide = bool(pbc.any()) and bool((plane_spacings(cell.detach())[pbc] > 2.0 * search_radius).all())
-    orthorhombic = bool((cell.detach() - torch.diag(torch.diagonal(cell.detach()))).abs().max() == 0)
-    if wide and (orthorhombic or not need_min_image):
-        reps = [int(images[:, axis].max().item()) for axis in range(3)]
-        src, dst, img, min_image = find_candidates_minimum_image(
+    if wide:
+        src, dst, img = find_candidates_minimum_image(
             positions.detach(), cell.detach(), pbc, search_radius, reps)
     else:
-        src, dst, img, min_image = find_candidates(positions.detach(), offsets.detach(),
-                                                   search_radius, need_min_image)
+        src, dst, img = find_candidates(positions.detach(), offsets.detach(), search_radius)
 
     # Keep the k + delta nearest candidates of every source atom (discrete choice).
     # Candidates arrive grouped by source atom; sort each row in an (N, widest) table.
@@ -272,13 +283,7 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
 
     src_env = scatter_to_slots(env, src_flat, n_atoms * n_slots, float("inf")).view(n_atoms, n_slots)
     dst_env = scatter_to_slots(env, dst_flat, n_atoms * n_slots, float("inf")).view(n_atoms, n_slots)
-
-    if need_min_image:
-        pair_disp = positions[None, :, :] + offsets[min_image] - positions[:, None, :]
-        min_image_distance = safe_norm(pair_disp)
-    else:
-        min_image_distance = torch.empty((0, 0), dtype=positions.dtype, device=device)
-    return NeighborGraph(src, src_flat, disp, env, src_env, dst_env, to_dst, to_src, min_image_distance)
+    return NeighborGraph(src, src_flat, disp, env, src_env, dst_env, to_dst, to_src)
 
 
 def scatter_to_slots(values: torch.Tensor, slots: torch.Tensor, n_total: int, fill: float) -> torch.Tensor:
@@ -299,3 +304,52 @@ def envelope_bias(env: torch.Tensor) -> torch.Tensor:
     x = torch.where(inside, env, torch.zeros_like(env))
     bias = -x.square() / (1.0 - x.square())
     return torch.where(inside, bias, torch.full_like(env, float("-inf")))
+
+
+def pair_images(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                cutoff: float) -> PairImages:
+    """Minimum-image bookkeeping over fairchem's image set (the min over enumerated images).
+
+    For orthorhombic (or non-periodic) cells rounding the fractional separation gives that
+    minimum directly (|n| <= 1 <= reps for wrapped atoms); otherwise all images are searched.
+    """
+    reps = image_reps(cell.detach(), pbc, cutoff)
+    images = lattice_images(reps, cell.detach())
+    widths = [2 * r + 1 for r in reps]
+    strides = torch.tensor([widths[1] * widths[2], widths[2], 1], dtype=torch.long, device=positions.device)
+    frozen = cell.detach()
+    periodic = pbc.to(positions.dtype)
+    if not bool(pbc.any()):
+        inverse = torch.eye(3, dtype=positions.dtype, device=positions.device)
+    elif bool((frozen - torch.diag(torch.diagonal(frozen))).abs().max() == 0):
+        inverse = torch.linalg.inv(frozen)
+    else:
+        inverse = torch.empty((0, 3), dtype=positions.dtype, device=positions.device)
+    return PairImages(positions, images @ cell, inverse, periodic, strides)
+
+
+def minimum_image_index(pairs: PairImages, start: int, stop: int) -> torch.Tensor:
+    """Image index (B, N) of the minimum-image partner j of each atom i in [start, stop)."""
+    with torch.no_grad():
+        positions = pairs.positions.detach()
+        separation = positions[None, :, :] - positions[start:stop, None, :]
+        if pairs.inverse.shape[0] > 0:
+            shift = -torch.round(separation @ pairs.inverse) * pairs.periodic
+            centre = pairs.offsets.shape[0] // 2
+            return centre + (shift.to(torch.long) * pairs.strides).sum(dim=-1)
+        offsets = pairs.offsets.detach()
+        distance = torch.linalg.norm(separation[:, :, None, :] + offsets[None, None, :, :], dim=-1)
+        return torch.argmin(distance, dim=2)
+
+
+def minimum_image_distances(pairs: PairImages, start: int, stop: int,
+                            block_elements: int = 1 << 22) -> torch.Tensor:
+    """Differentiable minimum-image distances (B, N) from atoms [start, stop) to all atoms;
+    the image search runs in row blocks of about ``block_elements`` (pair, image) entries."""
+    n_atoms = pairs.positions.shape[0]
+    rows = max(1, block_elements // max(1, n_atoms * pairs.offsets.shape[0]))
+    index = torch.cat([minimum_image_index(pairs, first, min(first + rows, stop))
+                       for first in range(start, stop, rows)])
+    disp = (pairs.positions[None, :, :] + pairs.offsets[index]
+            - pairs.positions[start:stop, None, :])
+    return safe_norm(disp)

@@ -4,19 +4,19 @@ Inside the model lengths are Angstrom and energies eV. Module and parameter name
 mirror fairchem's so a fairchem backbone state dict loads into ``backbone`` unchanged.
 """
 
-from __future__ import annotations
-
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
-from allscaip.attention import NeighborhoodAttention, NodeAttention, rms_norm
+from allscaip.attention import NeighborhoodAttention, NodeAttention, gradients, rms_norm
 from allscaip.config import ModelConfig
-from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_window,
-                               gaussian_offsets, sinc_frequencies, sinc_kernels, unit_vectors)
-from allscaip.graph import (NeighborGraph, build_neighbor_graph, envelope_bias, safe_norm,
-                            scatter_to_slots, wrap_positions)
+from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_grid,
+                               gaussian_offsets, gaussian_window, sinc_frequencies, sinc_kernels,
+                               unit_vectors)
+from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias,
+                            minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
+                            wrap_positions)
 from allscaip.spherical import spherical_harmonics
 
 CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
@@ -113,8 +113,24 @@ class FeedForward(nn.Module):
         return self.ffn_res_scale * self.ffn(self.ffn_norm(x)) + x
 
 
+class BlockInputs(NamedTuple):
+    """What every attention block reads besides the slot states (see Backbone.prepare)."""
+
+    src_bias: torch.Tensor
+    dst_bias: torch.Tensor
+    to_dst: torch.Tensor
+    to_src: torch.Tensor
+    frequencies: torch.Tensor
+    sinc: torch.Tensor  # (N, N, K) for dense node attention with the sinc mask, else empty
+    pairs: PairImages  # for blocked node attention
+
+
 class GraphAttentionBlock(nn.Module):
-    """Neighbourhood attention -> edge FFN (slots 1..) and node attention + node FFN (slot 0)."""
+    """Neighbourhood attention -> edge FFN (slots 1..) and node attention + node FFN (slot 0).
+
+    Without the node path (``use_node_path=False``, as in fairchem) slot 0 goes straight to
+    the node FFN and the block sees only the atom's neighbourhood.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -122,18 +138,63 @@ class GraphAttentionBlock(nn.Module):
             cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, list(cfg.freequency_list),
             cfg.use_freq_mask, cfg.use_residual_scaling)
         self.edge_ffn = FeedForward(cfg)
-        self.node_attention = NodeAttention(
-            cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, cfg.attn_num_freq,
-            cfg.use_sincx_mask, cfg.use_residual_scaling)
+        self.node_attention: Optional[NodeAttention] = None
+        if cfg.use_node_path:
+            self.node_attention = NodeAttention(
+                cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, cfg.attn_num_freq,
+                cfg.use_sincx_mask, cfg.use_residual_scaling)
         self.node_ffn = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
-                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
-                sinc: torch.Tensor) -> torch.Tensor:
-        x = self.neighborhood_attention(x, src_bias, dst_bias, to_dst, to_src, frequencies)
-        nodes = self.node_ffn(self.node_attention(x[:, 0], sinc))
-        edges = self.edge_ffn(x[:, 1:])
+    def neighborhood(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        return self.neighborhood_attention(x, inputs.src_bias, inputs.dst_bias, inputs.to_dst,
+                                           inputs.to_src, inputs.frequencies)
+
+    def node_update(self, y: torch.Tensor, inputs: BlockInputs, omega: torch.Tensor,
+                    block_size: int) -> Optional[torch.Tensor]:
+        """Node attention update of slot 0 (dense if block_size is 0), None without node path."""
+        node_attention = self.node_attention
+        if node_attention is None:
+            return None
+        if block_size > 0:
+            return node_attention.blocked_attention(y[:, 0], inputs.pairs, omega, block_size)
+        return node_attention.attention(y[:, 0], inputs.sinc)
+
+    def combine(self, y: torch.Tensor, update: Optional[torch.Tensor]) -> torch.Tensor:
+        """Residual node update, then the node and edge FFNs: (N, P, H)."""
+        nodes = y[:, 0]
+        node_attention = self.node_attention
+        if node_attention is not None and update is not None:
+            nodes = node_attention.node_attn_res_scale * update + nodes
+        nodes = self.node_ffn(nodes)
+        edges = self.edge_ffn(y[:, 1:])
         return torch.cat([nodes.unsqueeze(1), edges], dim=1)
+
+    def forward(self, x: torch.Tensor, inputs: BlockInputs, omega: torch.Tensor,
+                block_size: int) -> torch.Tensor:
+        y = self.neighborhood(x, inputs)
+        return self.combine(y, self.node_update(y, inputs, omega, block_size))
+
+    def backward_step(self, x: torch.Tensor, update: Optional[torch.Tensor], inputs: BlockInputs,
+                      omega: torch.Tensor, block_size: int, grad_output: torch.Tensor) -> List[torch.Tensor]:
+        """Recompute this block from its input x and pull grad_output back: gradients with
+        respect to x, src_bias, dst_bias, frequencies, pair positions and image offsets."""
+        x = x.detach().requires_grad_(True)
+        shared = [inputs.src_bias.detach().requires_grad_(True), inputs.dst_bias.detach().requires_grad_(True),
+                  inputs.frequencies.detach().requires_grad_(True)]
+        leaves = BlockInputs(shared[0], shared[1], inputs.to_dst, inputs.to_src, shared[2],
+                             inputs.sinc, inputs.pairs)
+        y = self.neighborhood(x, leaves)
+        pair_grads = [torch.zeros_like(inputs.pairs.positions), torch.zeros_like(inputs.pairs.offsets)]
+        node_attention = self.node_attention
+        if node_attention is None or update is None:
+            grad_y = gradients([self.combine(y, None)], [y], [grad_output])[0]
+        else:
+            update = update.detach().requires_grad_(True)
+            grad_update, grad_y = gradients([self.combine(y, update)], [update, y], [grad_output])
+            grad_node, pair_grads[0], pair_grads[1] = node_attention.blocked_vjp(
+                y[:, 0], inputs.pairs, omega, block_size, grad_update)
+            grad_y = torch.cat([(grad_y[:, 0] + grad_node).unsqueeze(1), grad_y[:, 1:]], dim=1)
+        return gradients([y], [x] + shared, [grad_y]) + pair_grads
 
 
 class Backbone(nn.Module):
@@ -151,15 +212,17 @@ class Backbone(nn.Module):
         self.use_envelope = bool(cfg.use_envelope)
         self.use_freq_mask = bool(cfg.use_freq_mask)
         self.use_sincx_mask = bool(cfg.use_sincx_mask)
+        self.use_node_path = bool(cfg.use_node_path)
+        self.block_size = int(cfg.node_attention_block_size)
         self.smooth_node_order = bool(cfg.smooth_node_order)
         self.frequency_repeats: List[int] = list(cfg.freequency_list)
         self.edge_lmax = cfg.edge_direction_expansion_size - 1
         self.order_lmax = cfg.node_direction_expansion_size - 1
         self.harmonics_lmax = max(self.edge_lmax, self.order_lmax,
                                   len(cfg.freequency_list) - 1 if cfg.use_freq_mask else 0)
-        self.register_buffer("distance_offsets",
-                             gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size),
-                             persistent=False)
+        offsets = gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size)
+        self.register_buffer("distance_offsets", offsets, persistent=False)
+        self.gaussian_grid: Tuple[float, float] = gaussian_grid(offsets)
         self.register_buffer("sinc_omega", sinc_frequencies(cfg.attn_num_freq), persistent=False)
 
     def attention_bias(self, env: torch.Tensor) -> torch.Tensor:
@@ -167,15 +230,17 @@ class Backbone(nn.Module):
             return envelope_bias(env)
         return torch.where(env < 1.0, torch.zeros_like(env), torch.full_like(env, float("-inf")))
 
-    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
-                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+    def prepare(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor
+                ) -> Tuple[torch.Tensor, BlockInputs]:
+        """Graph and features: initial slot states (N, P, H) and the blocks' other inputs."""
         graph: NeighborGraph = build_neighbor_graph(
             positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
-            self.knn_delta, self.use_sincx_mask)
+            self.knn_delta)
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
         harmonics = spherical_harmonics(self.harmonics_lmax, unit_vectors(graph.edge_disp))
-        gauss_index, gauss_value = gaussian_window(distance, self.distance_offsets)
+        gauss_index, gauss_value = gaussian_window(distance, self.distance_offsets, 20, self.gaussian_grid)
         edge_harmonics = harmonics[:, :(self.edge_lmax + 1) * (self.edge_lmax + 1)]
         if self.smooth_node_order:
             edge_weight = torch.exp(self.attention_bias(graph.edge_env))
@@ -188,19 +253,61 @@ class Backbone(nn.Module):
 
         src_bias = self.attention_bias(graph.src_env).to(x.dtype)
         dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
+        empty = torch.empty(0, dtype=x.dtype, device=x.device)
         if self.use_freq_mask:
             per_edge = frequency_vectors(harmonics, self.frequency_repeats)
             frequencies = scatter_to_slots(per_edge, graph.edge_slot, n_atoms * n_slots, 0.0).view(
                 n_atoms, n_slots, -1)
         else:
-            frequencies = torch.empty(0, dtype=x.dtype, device=x.device)
-        if self.use_sincx_mask:
-            sinc = sinc_kernels(graph.min_image_distance, self.sinc_omega)
-        else:
-            sinc = torch.empty(0, dtype=x.dtype, device=x.device)
+            frequencies = empty
+        sinc = empty
+        pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
+                           torch.zeros(3, dtype=torch.long, device=x.device))
+        if self.use_node_path and self.use_sincx_mask:
+            pairs = pair_images(positions, cell, pbc, self.cutoff)
+            if self.block_size == 0:
+                sinc = sinc_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
+        return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, frequencies, sinc, pairs)
+
+    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
+        x, inputs = self.prepare(positions, atomic_numbers, cell, pbc, charge, spin)
         for block in self.transformer_blocks:
-            x = block(x, src_bias, dst_bias, graph.to_dst, graph.to_src, frequencies, sinc)
+            x = block(x, inputs, self.sinc_omega, self.block_size)
         return x[:, 0]
+
+    def layer_states(self, x: torch.Tensor, inputs: BlockInputs
+                     ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]], torch.Tensor]:
+        """Forward through the blocks without autograd, keeping each block's input and node
+        update (O(N) memory each): (inputs, updates, output)."""
+        states: List[torch.Tensor] = []
+        updates: List[Optional[torch.Tensor]] = []
+        with torch.no_grad():
+            for block in self.transformer_blocks:
+                states.append(x)
+                y = block.neighborhood(x, inputs)
+                update = block.node_update(y, inputs, self.sinc_omega, self.block_size)
+                updates.append(update)
+                x = block.combine(y, update)
+        return states, updates, x
+
+    def pull_back(self, states: List[torch.Tensor], updates: List[Optional[torch.Tensor]],
+                  inputs: BlockInputs, grad_output: torch.Tensor) -> List[torch.Tensor]:
+        """Gradient of the last block's output, pulled back through every block (last first),
+        each recomputed from its stored input: gradients with respect to the first state,
+        src_bias, dst_bias, frequencies, pair positions and image offsets."""
+        totals = [grad_output, torch.zeros_like(inputs.src_bias), torch.zeros_like(inputs.dst_bias),
+                  torch.zeros_like(inputs.frequencies), torch.zeros_like(inputs.pairs.positions),
+                  torch.zeros_like(inputs.pairs.offsets)]
+        for layer in range(len(states) - 1, -1, -1):
+            for index, block in enumerate(self.transformer_blocks):  # TorchScript: no reversed()
+                if index == layer:
+                    grads = block.backward_step(states[layer], updates[layer], inputs, self.sinc_omega,
+                                                self.block_size, totals[0])
+                    totals[0] = grads[0]
+                    for slot in range(1, len(totals)):
+                        totals[slot] = totals[slot] + grads[slot]
+        return totals
 
 
 class EnergyHead(nn.Module):
@@ -266,6 +373,13 @@ class AllScAIP(nn.Module):
         self.element_references = references.to(device)
         return self
 
+    def set_node_attention_block_size(self, size: int) -> "AllScAIP":
+        """Switch node attention between dense (0) and query blocks of ``size`` atoms."""
+        self.config.node_attention_block_size = int(size)
+        self.config.validate()
+        self.backbone.block_size = int(size)
+        return self
+
     def check_inputs(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                      cell: torch.Tensor, pbc: torch.Tensor) -> None:
         if positions.dim() != 2 or positions.shape[1] != 3:
@@ -275,12 +389,41 @@ class AllScAIP(nn.Module):
         if positions.shape[0] == 0:
             raise ValueError("the system has no atoms")
         highest = min(self.max_atomic_number, self.element_references.shape[0] - 1)
-        if bool((atomic_numbers < 1).any()) or bool((atomic_numbers > highest).any()):
-            bad = atomic_numbers[(atomic_numbers < 1) | (atomic_numbers > highest)]
-            raise ValueError("unsupported atomic number " + str(int(bad[0].item()))
-                             + ": this model supports Z = 1.." + str(highest))
-        if bool(pbc.any()) and abs(float(torch.det(cell).item())) < 1e-6:
+        unsupported = (atomic_numbers < 1) | (atomic_numbers > highest)
+        no_volume = pbc.any() & (torch.det(cell.detach()).abs() < 1e-6)
+        if bool(unsupported.any() | no_volume):  # one host sync; diagnose only on failure
+            if bool(unsupported.any()):
+                raise ValueError("unsupported atomic number " + str(int(atomic_numbers[unsupported][0].item()))
+                                 + ": this model supports Z = 1.." + str(highest))
             raise ValueError("a periodic system needs a cell with non-zero volume")
+
+    def recomputing_gradients(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
+                              cell: torch.Tensor, pbc: torch.Tensor, charge: torch.Tensor,
+                              spin: torch.Tensor, inputs: List[torch.Tensor]
+                              ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """Raw energy and its gradients with respect to ``inputs`` with blocked node attention,
+        storing only each block's input: blocks (and node-attention query blocks) are
+        recomputed in the backward pass, so memory grows ~linearly in N. Not double
+        differentiable (training uses the plain autograd path)."""
+        x, block_inputs = self.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin)
+        states, updates, final = self.backbone.layer_states(x, block_inputs)
+        final = final.detach().requires_grad_(True)
+        raw_energy = self.energy_head(final[:, 0]).sum()
+        seed = gradients([raw_energy], [final], [torch.ones_like(raw_energy)])[0]
+        pulled = self.backbone.pull_back(states, updates, block_inputs, seed)
+        ends = [x, block_inputs.src_bias, block_inputs.dst_bias, block_inputs.frequencies,
+                block_inputs.pairs.positions, block_inputs.pairs.offsets]
+        outputs: List[torch.Tensor] = []
+        seeds: List[torch.Tensor] = []
+        for end, grad in zip(ends, pulled):
+            if end.requires_grad:
+                outputs.append(end)
+                seeds.append(grad)
+        found = gradients(outputs, inputs, seeds) if len(outputs) > 0 else [torch.zeros_like(t) for t in inputs]
+        grads: List[Optional[torch.Tensor]] = []
+        for grad in found:
+            grads.append(grad)
+        return raw_energy.detach(), grads
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
@@ -307,13 +450,25 @@ class AllScAIP(nn.Module):
         strained_positions = wrapped + wrapped @ symmetric
         strained_cell = cell + cell @ symmetric
 
-        nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
-        raw_energy = self.energy_head(nodes).sum()
+        grads: List[Optional[torch.Tensor]] = []
+        nodes = torch.empty(0, dtype=positions.dtype, device=positions.device)
+        if self.backbone.block_size > 0 and not self.training:
+            if len(inputs) > 0:
+                raw_energy, grads = self.recomputing_gradients(
+                    strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, inputs)
+            else:
+                with torch.no_grad():
+                    nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
+                    raw_energy = self.energy_head(nodes).sum()
+        else:
+            nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
+            raw_energy = self.energy_head(nodes).sum()
+            if len(inputs) > 0:
+                grads = torch.autograd.grad([raw_energy], inputs, create_graph=self.training)
 
         forces = torch.empty(0, dtype=positions.dtype, device=positions.device)
         virial = torch.empty(0, dtype=positions.dtype, device=positions.device)
         if conserving and len(inputs) > 0:
-            grads = torch.autograd.grad([raw_energy], inputs, create_graph=self.training)
             d_wrapped = grads[0]
             if compute_forces and d_wrapped is not None:
                 forces = -self.force_scale * d_wrapped
