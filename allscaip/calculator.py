@@ -39,7 +39,10 @@ class AllScAIPCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype = "float64", model: AllScAIP | None = None, **kwargs):
+                 dtype: str | torch.dtype = "float64", model: AllScAIP | None = None,
+                 node_attention_block_size: int | None = None, **kwargs):
+        """device: "cpu", "cuda", "cuda:1", ...; node_attention_block_size: blocked node
+        attention for large systems (0: dense; None: the model's setting)."""
         super().__init__(**kwargs)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device)
@@ -48,6 +51,8 @@ class AllScAIPCalculator(Calculator):
                 raise ValueError("give a model file (model_path=...) or a model (model=...)")
             model = load_model(model_path, dtype=self.dtype, device=self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if node_attention_block_size is not None:
+            self.model.set_node_attention_block_size(node_attention_block_size)
 
     def check_state(self, atoms, tol=1e-15):
         """Also recompute when the total charge or spin in ``atoms.info`` changed."""

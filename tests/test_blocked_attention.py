@@ -203,3 +203,36 @@ def test_local_model_blocked_switch_and_torchscript():
     assert_same(dense, evaluate(model, inputs, 3))
     energy, forces, virial = script_model(model, torch.float64)(*inputs)
     assert_same(dense, (float(energy), forces, virial))
+
+
+# --- engines: the switch and the device reach the model ---
+
+def test_calculator_block_size_gives_the_same_results():
+    from allscaip.calculator import AllScAIPCalculator
+    from conftest import to_atoms
+
+    atoms = to_atoms(next(s for s in golden_structures() if s["name"] == "water_box16_pbc"))
+    results = []
+    for block in (0, 10):
+        atoms.calc = AllScAIPCalculator(model=fresh_model("conserving_sm"), node_attention_block_size=block)
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-9)
+    np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-10)
+    np.testing.assert_allclose(results[1][2], results[0][2], atol=1e-10)
+
+
+def test_lammps_deck_block_keyword():
+    from allscaip.plugins.lammps.deck import parse_pair_style
+
+    options = parse_pair_style(["model.pt", "device", "cuda", "block", "256"], Path("."))
+    assert options["block"] == 256 and options["device"] == "cuda"
+
+
+def test_openmm_force_options():
+    pytest.importorskip("openmm")
+    from allscaip.plugins.openmm.forces import create_allscaip_force
+
+    model = small_model()
+    force = create_allscaip_force(model, [8, 1, 1], node_attention_block_size=32, cuda_graphs=True)
+    assert force.getProperties()["useCUDAGraphs"] == "true"
+    assert model.backbone.block_size == 32

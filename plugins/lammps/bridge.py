@@ -57,6 +57,7 @@ class BridgeSettings:
     device: str = "cpu"
     threads: int = 0  # 0: the cores available to this process, shared among its MPI ranks
     fix_id: str = "allscaip"
+    block: int | None = None  # node attention query block (0: dense; None: the model's setting)
 
 
 class AllScAIPBridge:
@@ -77,7 +78,11 @@ class AllScAIPBridge:
         self.type_numbers = np.array([0] + element_numbers(settings.elements))
         self.dtype = getattr(torch, settings.dtype)
         self.device = torch.device(settings.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("pair_style allscaip: device cuda asked for, but torch sees no GPU")
         self.model = load_model(settings.model, dtype=self.dtype, device=self.device)
+        if settings.block is not None:
+            self.model.set_node_attention_block_size(settings.block)
         highest = min(self.model.max_atomic_number, self.model.element_references.numel() - 1)
         unsupported = [e for e, z in zip(settings.elements, self.type_numbers[1:]) if z > highest]
         if unsupported:
@@ -153,13 +158,14 @@ class AllScAIPBridge:
 
 def attach(lmp, model: str | Path, elements: list[str], *, charge: int = 0, spin: int = 1,
            dtype: str = "float64", device: str = "cpu", threads: int = 0, fix_id: str = "allscaip",
-           verbose: bool = True) -> AllScAIPBridge:
+           verbose: bool = True, block: int | None = None) -> AllScAIPBridge:
     """Make AllScAIP the potential of ``lmp`` (box and atoms must exist; atom IDs 1..N).
 
     Issues ``pair_style zero``, ``pair_coeff * *``, ``fix ID all external pf/callback 1 1``
-    and ``fix_modify ID energy yes virial yes``; ``elements`` maps atom types 1..ntypes.
+    and ``fix_modify ID energy yes virial yes``; ``elements`` maps atom types 1..ntypes;
+    ``device``: cpu or cuda; ``block``: node attention query block (0: dense).
     """
-    settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, threads, fix_id)
+    settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, threads, fix_id, block)
     bridge = AllScAIPBridge(lmp, settings)
     cutoff = bridge.model.config.max_radius
     lmp.commands_list([f"pair_style zero {cutoff}", "pair_coeff * *",

@@ -6,7 +6,9 @@ become the bridge (pair_style zero + fix external, see bridge.py); the rest then
 written, so thermo, minimize, fix nve/nvt/npt, several runs and write_data work as usual.
 
 Keywords: ``charge`` (int), ``spin`` (multiplicity), ``dtype`` (float32|float64),
-``device`` (cpu|cuda), ``threads`` (torch threads per rank; default: available cores / ranks). ``${name}`` variables from ``-var`` are substituted in these lines.
+``device`` (cpu|cuda), ``block`` (node attention query block, 0 = dense), ``threads``
+(torch threads per rank; default: available cores / ranks). ``${name}`` variables from
+``-var`` are substituted in these lines.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from allscaip.plugins.lammps.bridge import BridgeSettings
 
-KEYWORDS = {"charge": int, "spin": int, "dtype": str, "device": str, "threads": int}
+KEYWORDS = {"charge": int, "spin": int, "dtype": str, "device": str, "threads": int, "block": int}
 
 
 class DeckError(ValueError):

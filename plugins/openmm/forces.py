@@ -92,12 +92,18 @@ def check_supported(model: AllScAIP, numbers: Sequence[int]) -> None:
 def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence[int], *,
                           n_particles: Optional[int] = None, atoms: Optional[Sequence[int]] = None,
                           charge: int = 0, spin: int = 1, periodic: bool = False,
-                          dtype: str = "float32", backend: str = "torchforce"):
+                          dtype: str = "float32", backend: str = "torchforce",
+                          node_attention_block_size: Optional[int] = None, cuda_graphs: bool = False,
+                          device: str = "cpu"):
     """An OpenMM Force computing AllScAIP on ``atoms`` (default: all particles).
 
     atomic_numbers: one per ML atom (len(atoms), or n_particles when atoms is None);
     periodic: use the System's periodic box (the box must contain the ML region);
-    dtype: "float32" or "float64" for the network; backend: "torchforce" or "python".
+    dtype: "float32" or "float64" for the network; backend: "torchforce" or "python";
+    node_attention_block_size: blocked node attention for large systems (0: dense; None:
+    the model's setting); cuda_graphs: openmm-torch's ``useCUDAGraphs`` property (TorchForce
+    on the CUDA platform; needs a capture-safe model, see README); device: where the
+    ``python`` backend evaluates (a TorchForce runs on its OpenMM platform's device).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -105,6 +111,8 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
     network = _resolve_model(model, torch_dtype)
+    if node_attention_block_size is not None:
+        network.set_node_attention_block_size(node_attention_block_size)
     check_supported(network, atomic_numbers)
     n_particles = len(atomic_numbers) if n_particles is None else n_particles
     if atoms is not None and len(atoms) != len(atomic_numbers):
@@ -112,7 +120,8 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
     if backend == "python":
         from allscaip.plugins.openmm.pythonforce import create_python_force
 
-        return create_python_force(network, atomic_numbers, atoms, charge, spin, periodic, torch_dtype)
+        return create_python_force(network, atomic_numbers, atoms, charge, spin, periodic, torch_dtype,
+                                   device)
 
     from allscaip.plugins.openmm.runtime import import_openmmtorch
 
@@ -121,6 +130,8 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
                              torch_dtype)
     force = openmmtorch.TorchForce(torch.jit.script(wrapper))
     force.setOutputsForces(True)
+    if cuda_graphs:
+        force.setProperty("useCUDAGraphs", "true")
     force.setUsesPeriodicBoundaryConditions(periodic)
     force.setName("AllScAIP")
     return force

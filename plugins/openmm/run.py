@@ -39,7 +39,7 @@ class RunSettings:
     report_interval: int = 100
     friction: float = 1.0  # 1/ps
     barostat_interval: int = 25
-    platform: str = "CPU"
+    platform: str = "auto"  # CUDA when available, else CPU
     precision: str = "float32"
     backend: str = "torchforce"
     charge: int = 0
@@ -59,7 +59,7 @@ class RunSettings:
 
 
 def build_simulation(settings: RunSettings):
-    from allscaip.plugins.openmm.runtime import import_openmmtorch
+    from allscaip.plugins.openmm.runtime import choose_platform, import_openmmtorch
 
     import_openmmtorch()  # before the Platform is created: registers the TorchForce kernels
     import openmm
@@ -87,7 +87,7 @@ def build_simulation(settings: RunSettings):
                                              settings.barostat_interval)
         barostat.setRandomNumberSeed(settings.seed)
         system.addForce(barostat)
-    platform = openmm.Platform.getPlatformByName(settings.platform)
+    platform = choose_platform(settings.platform)
     simulation = app.Simulation(topology, system, integrator, platform)
     simulation.context.setPositions(pdb.positions)
     return simulation

@@ -49,3 +49,17 @@ def _load_torch_kernels(openmm) -> None:
     if not reference.supportsKernels(["CalcTorchForce"]):
         raise ImportError("OpenMM could not load the TorchForce kernels from " + directory + ": "
                           + "; ".join(openmm.Platform.getPluginLoadFailures()))
+
+
+def choose_platform(name: str = "auto"):
+    """An OpenMM Platform by name; ``"auto"`` takes CUDA when OpenMM has it (the
+    ``allscaip-md[cuda12]`` extra) and torch sees a GPU, else CPU."""
+    import openmm
+    import torch
+
+    if name != "auto":
+        return openmm.Platform.getPlatformByName(name)
+    names = {openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())}
+    if "CUDA" in names and torch.cuda.is_available():
+        return openmm.Platform.getPlatformByName("CUDA")
+    return openmm.Platform.getPlatformByName("CPU")
