@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-interval", type=int, default=100,
                      help="steps between reports, frames and checkpoints")
     run.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
-    run.add_argument("--platform", default="CPU", help="OpenMM platform (Reference, CPU, CUDA, ...)")
+    run.add_argument("--platform", default="auto",
+                     help="OpenMM platform (auto = CUDA if available, else CPU; Reference, CPU, CUDA, ...)")
     run.add_argument("--precision", choices=["float32", "float64"], default="float32",
                      help="dtype of the network")
     run.add_argument("--backend", choices=["torchforce", "python"], default="torchforce")
