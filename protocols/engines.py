@@ -36,6 +36,7 @@ class Phase:
     precision: str
     platform: str
     barostat_interval: int = 25
+    max_temperature_factor: float = 5.0  # instantaneous T above this x target = blow-up
 
 
 def completed_steps(out: Path) -> int:
@@ -53,7 +54,8 @@ def run_openmm(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         steps=phase.steps, report_interval=phase.report_interval, friction=phase.friction,
         barostat_interval=phase.barostat_interval, platform=phase.platform,
         precision=phase.precision, charge=phase.charge, spin=phase.spin,
-        hydrogen_mass=phase.hydrogen_mass, seed=phase.seed)
+        hydrogen_mass=phase.hydrogen_mass, seed=phase.seed,
+        max_temperature_factor=phase.max_temperature_factor)
     run(settings, resume=resume, progress=progress)
 
 

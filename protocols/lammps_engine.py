@@ -1,6 +1,6 @@
 """The protocol phases in LAMMPS, through the AllScAIP bridge (``fix external``).
 
-Liquid: ``fix npt`` (Nose-Hoover chains, isotropic); gas: shrink-wrapped open boundaries,
+Liquid: ``fix npt`` (Nose-Hoover chains, isotropic); gas: a fixed non-periodic box,
 ``fix nve`` + ``fix langevin``. The run advances in segments of ``report_interval`` steps;
 after each one a DCD frame, a ``thermo.csv`` row and a binary restart are written (the
 restart carries the thermostat/barostat state), so a resumed run continues where it stopped.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from allscaip.plugins.openmm.run import CSV_FIELDS, SimulationExploded, trim_csv, truncate_dcd
 from allscaip.protocols.engines import Phase
@@ -51,10 +52,10 @@ def atom_types(topology, masses: list[float]) -> tuple[list[int], list[str], lis
 
 def write_data(path: Path, positions_nm: np.ndarray, box_nm: float | None, types: list[int],
                type_masses: list[float]) -> None:
-    """LAMMPS data file (atom_style atomic, Angstrom); a gas molecule gets a padded box."""
+    """LAMMPS data file (atom_style atomic, Angstrom); a gas molecule gets 20 A of room."""
     coords = positions_nm * 10.0
     if box_nm is None:
-        low, high = coords.min(axis=0) - 10.0, coords.max(axis=0) + 10.0
+        low, high = coords.min(axis=0) - 20.0, coords.max(axis=0) + 20.0
     else:
         low, high = np.zeros(3), np.full(3, box_nm * 10.0)
     lines = ["AllScAIP protocol box", "", f"{len(coords)} atoms", f"{len(type_masses)} atom types", ""]
@@ -78,7 +79,7 @@ def _thermo_row(lmp, step: int, phase: Phase, periodic: bool, ns_per_day: float)
 
 
 def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> None:
-    from openmm import Vec3, app, unit
+    from openmm import app, unit
 
     from allscaip.plugins.lammps import attach, import_lammps
 
@@ -95,8 +96,9 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
     lmp = lammps.lammps(cmdargs=["-nocite", "-screen", "none", "-log", str(out / "log.lammps")])
     start = 0
     try:
+        # gas: a fixed open box around the molecule (its momentum is zeroed, so it stays put)
         lmp.commands_list(["units metal", "atom_style atomic",
-                           f"boundary {'p p p' if periodic else 's s s'}"])
+                           f"boundary {'p p p' if periodic else 'f f f'}"])
         if resume and restart.exists():
             start = json.loads(status_file.read_text())["step"]
             lmp.command(f"read_restart {restart}")
@@ -109,8 +111,9 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
             write_data(out / "start.data", positions, box_nm, types, type_masses)
             lmp.command(f"read_data {out / 'start.data'}")
         attach(lmp, phase.model, type_elements, charge=phase.charge, spin=phase.spin,
-               dtype=phase.precision, fix_id=FIX_ID, verbose=False)
-        lmp.commands_list([f"timestep {dt_ps}", "neighbor 2.0 bin", "thermo_style custom step temp pe ke vol density"])
+               dtype=phase.precision, threads=torch.get_num_threads(), fix_id=FIX_ID, verbose=False)
+        lmp.commands_list([f"timestep {dt_ps}", f"neighbor 2.0 {'bin' if periodic else 'nsq'}",
+                           "thermo_style custom step temp pe ke vol density"])
         if start == 0:
             lmp.commands_list(["min_style cg", "minimize 0.0 1.0e-3 200 2000", "reset_timestep 0",
                                f"velocity all create {phase.temperature} {phase.seed} mom yes rot yes dist gaussian"])
@@ -148,7 +151,7 @@ def _segments(lmp, phase: Phase, start: int, periodic: bool, topology, progress)
             elapsed = time.perf_counter() - began
             row = _thermo_row(lmp, step, phase, periodic,
                               phase.report_interval * phase.timestep * 1e-6 / elapsed * 86400)
-            if not np.isfinite(row["potential_kJ_mol"]) or row["temperature_K"] > 5 * phase.temperature:
+            if not np.isfinite(row["potential_kJ_mol"]) or row["temperature_K"] > phase.max_temperature_factor * phase.temperature:
                 raise SimulationExploded(
                     f"step {step}: potential energy {row['potential_kJ_mol']:.4g} kJ/mol, temperature "
                     f"{row['temperature_K']:.4g} K: the simulation is unstable; reduce --timestep. "

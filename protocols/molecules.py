@@ -67,12 +67,12 @@ def water() -> Molecule:
 
 
 def guess_bonds(symbols: list[str], positions: np.ndarray) -> list[tuple[int, int]]:
-    """Bonds from covalent radii (ASE's natural cutoffs)."""
+    """Bonds: atoms closer than 1.2x the sum of their covalent radii."""
     from ase import Atoms
     from ase.neighborlist import natural_cutoffs, neighbor_list
 
     atoms = Atoms(symbols=symbols, positions=positions)
-    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms))
+    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
     return sorted({(int(i), int(j)) for i, j in zip(first, second) if i < j})
 
 

@@ -78,7 +78,10 @@ def make_phase(settings: ProtocolSettings, kind: str, pdb: Path, out: Path, step
                  precision=settings.precision,
                  # one molecule: OpenMM's Reference platform has far less overhead than CPU
                  platform=settings.platform if liquid else "Reference",
-                 barostat_interval=settings.barostat_interval)
+                 barostat_interval=settings.barostat_interval,
+                 # a single molecule's instantaneous temperature has only ~3N-3 degrees of
+                 # freedom and fluctuates far more than a liquid's
+                 max_temperature_factor=5.0 if liquid else 25.0)
 
 
 def read_thermo(path: Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,131 @@
+"""End-to-end protocol runs with a tiny random-weight smooth model on a few waters:
+complete outputs, resume after an interruption, the LAMMPS engine, and input errors."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from allscaip.cli import main
+from allscaip.config import ModelConfig
+from allscaip.io import save_model
+from allscaip.model import AllScAIP
+from allscaip.protocols import protocol as protocol_module
+
+SHORT = ["--molecule", "water", "-n", "8", "--timestep", "1.0", "--report-interval", "10",
+         "--equilibration", "0.05", "--production", "0.15", "--gas-equilibration", "0.05",
+         "--gas-production", "0.15"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """Random weights, one layer, elements up to Z = 9, continuous node-order feature."""
+    torch.manual_seed(0)
+    config = ModelConfig(hidden_size=16, num_layers=1, atten_num_heads=2, max_radius=4.0, knn_k=8,
+                         freequency_list=[2, 2, 1, 2, 1], edge_distance_expansion_size=64,
+                         attn_num_freq=8, smooth_node_order=True, max_num_elements=10)
+    return str(save_model(AllScAIP(config).eval(), config, tmp_path_factory.mktemp("model") / "tiny.pt"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: a second torch thread only adds contention for these tiny systems."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_liquid_protocol_writes_complete_report(tiny_model, tmp_path, capsys):
+    out = tmp_path / "water"
+    assert main(["protocol", "liquid", *SHORT, "--model", tiny_model, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| density (g/cm³) |" in printed and "SPC/Fw" in printed and "experiment" in printed
+    report = json.loads((out / "report.json").read_text())
+    for key in ("density_g_cm3", "hvap_kj_mol"):
+        assert set(report[key]) >= {"mean", "stderr"} and report[key]["stderr"] > 0
+    assert 0.3 < report["density_g_cm3"]["mean"] < 2.0
+    for key in ("n_eff", "t_equil_ps", "statistical_inefficiency", "settings", "versions", "ns_per_day",
+                "wall_time_s", "hvap_terms_kj_mol", "experiment", "reference_models"):
+        assert key in report, key
+    assert len(report["model"]["file_sha256"]) == 64 and report["settings"]["n_molecules"] == 8
+    terms = report["hvap_terms_kj_mol"]
+    assert report["hvap_kj_mol"]["mean"] == pytest.approx(terms["u_gas"] - terms["u_liq_per_molecule"] + terms["RT"])
+    for name in ("timeseries.png", "rdf.png", "replicas.png"):
+        assert (out / "plots" / name).stat().st_size > 5000
+    series = rows(out / "timeseries.csv")
+    assert {r["phase"] for r in series} == {"liquid", "gas"} and len(series) == 40
+    assert (out / "summary.md").read_text().startswith("| property |")
+    assert report["rdf"]["site"] == "O-O" and len(rows(out / "rdf.csv")) > 10
+
+
+def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, monkeypatch):
+    out = tmp_path / "water"
+    args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
+    reports = []
+    original = protocol_module.Progress.__call__
+
+    def interrupt(self, line):
+        original(self, line)
+        reports.append(line)
+        if len(reports) == 8:
+            raise KeyboardInterrupt  # as if the job were killed after 8 checkpoints
+
+    monkeypatch.setattr(protocol_module.Progress, "__call__", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(protocol_module.Progress, "__call__", original)
+    table = out / "replica-0" / "liquid" / "thermo.csv"
+    before = rows(table)
+    assert len(before) == 8 and not (out / "report.json").exists()
+    assert main(args) == 2  # the folder holds a run: refuse to start over silently
+    assert main(args + ["--resume"]) == 0
+    after = rows(table)
+    assert after[:8] == before
+    assert [int(r["step"]) for r in after] == list(range(10, 210, 10))
+    report = json.loads((out / "report.json").read_text())
+    assert "hvap_kj_mol" not in report and report["density_g_cm3"]["stderr"] > 0
+    # resuming a finished run with a longer production extends it
+    assert main(args + ["--resume", "--production", "0.25"]) == 0
+    assert int(rows(table)[-1]["step"]) == 300
+
+
+def test_lammps_engine_end_to_end(tiny_model, tmp_path):
+    out = tmp_path / "water-lammps"
+    assert main(["protocol", "liquid", *SHORT, "--engine", "lammps", "--model", tiny_model,
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["engine"] == "lammps"
+    assert 0.3 < report["density_g_cm3"]["mean"] < 2.0 and report["hvap_kj_mol"]["stderr"] > 0
+    liquid = rows(out / "replica-0" / "liquid" / "thermo.csv")
+    assert len(liquid) == 20 and len({r["volume_nm3"] for r in liquid}) > 1  # the box breathes
+    assert (out / "plots" / "rdf.png").exists()
+
+
+def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys):
+    def error(*extra):
+        code = main(["protocol", "liquid", "--model", tiny_model, "--out", str(tmp_path / "x"), *extra])
+        message = capsys.readouterr().err
+        assert code == 2 and message.startswith("allscaip protocol: error:"), message
+        return message
+
+    assert "does not exist" in error("--molecule", str(tmp_path / "missing.sdf"))
+    assert "not a built-in molecule" in error("--molecule", "unobtainium")
+    assert "charge +1 and multiplicity 1 do not fit water" in error("--molecule", "water", "--charge", "1")
+    hcl = tmp_path / "hcl.xyz"
+    hcl.write_text("2\n\nH 0 0 0\nCl 1.27 0 0\n")
+    assert "does not cover element(s) Cl" in error("--molecule", str(hcl))
+    sdf = tmp_path / "hydroxide.sdf"
+    sdf.write_text("hydroxide\n\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\n"
+                   "    0.0000    0.0000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0\n"
+                   "    0.9700    0.0000    0.0000 H   0  0  0  0  0  0  0  0  0  0  0  0\n"
+                   "  1  2  1  0\nM  CHG  1   1  -1\nM  END\n$$$$\n")
+    assert "does not match the formal charges" in error("--molecule", str(sdf))
+    assert "model file" in error("--molecule", "water", "--model", str(tmp_path / "none.pt"))
+    assert "nothing to resume" in error("--molecule", "water", "--resume")
