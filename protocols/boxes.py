@@ -17,6 +17,10 @@ START_FRACTION = 0.95  # start at 95 % of the experimental density (OpenFF Evalu
 TOLERANCE = 2.0  # Angstrom, packmol's minimum distance between molecules
 
 
+class PackingError(ValueError):
+    """packmol could not place the molecules (box too dense for the molecule's shape)."""
+
+
 def box_length(molecule: Molecule, n_molecules: int, density_g_cm3: float) -> float:
     """Cubic box edge (Angstrom) holding ``n_molecules`` at ``density_g_cm3``."""
     volume_cm3 = n_molecules * molecule.mass_amu / AVOGADRO / density_g_cm3
@@ -49,7 +53,8 @@ def pack(molecule: Molecule, n_molecules: int, length: float, seed: int) -> np.n
         output = work / "box.xyz"
         if result.returncode != 0 or not output.exists():
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise RuntimeError(f"packmol failed to place {n_molecules} molecules in a {length:.2f} A box:\n{tail}")
+            raise PackingError(f"packmol failed to place {n_molecules} molecules in a {length:.2f} A box "
+                               f"(lower --start-density?):\n{tail}")
         rows = output.read_text().splitlines()[2:]
     return np.array([[float(v) for v in row.split()[1:4]] for row in rows if row.strip()])
 

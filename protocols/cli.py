@@ -34,7 +34,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     a("--charge", type=int, help="total charge of the molecule (default 0)")
     a("--spin", type=int, help="spin multiplicity 2S+1 (default 1)")
     a("-n", "--n-molecules", type=int, help="molecules in the liquid box (default 216)")
-    a("--model", help="AllScAIP model file (default: the shipped model, models/default/model.pt)")
+    a("--model", help="AllScAIP model file (default: the shipped default model in models/)")
     a("--engine", choices=ENGINES, help="MD engine (default openmm)")
     a("--temperature", type=float, help="K (default 298.15)")
     a("--pressure", type=float, help="bar (default 1)")
@@ -65,6 +65,11 @@ def _settings(args: argparse.Namespace):
 
     given = {k: v for k, v in vars(args).items() if k not in ("handler", "resume", "protocol")}
     given["command"] = args.protocol
+    # absolute paths, so that --resume works from another directory
+    if given.get("model") is not None:
+        given["model"] = str(Path(given["model"]).resolve())
+    if args.molecule is not None and Path(args.molecule).suffix:
+        given["molecule"] = str(Path(args.molecule).resolve())
     saved = Path(args.out) / "settings.json"
     if args.resume:
         if not saved.exists():
