@@ -65,22 +65,29 @@ def test_liquid_protocol_writes_complete_report(tiny_model, tmp_path, capsys):
     assert report["rdf"]["site"] == "O-O" and len(rows(out / "rdf.csv")) > 10
 
 
-def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, monkeypatch):
-    out = tmp_path / "water"
-    args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
-    reports = []
+def interrupt_after(monkeypatch, count: int):
+    """Make the protocol's progress reporter raise KeyboardInterrupt after ``count`` reports
+    (each written after a checkpoint), as if the job were killed there."""
+    lines = []
     original = protocol_module.Progress.__call__
 
     def interrupt(self, line):
         original(self, line)
-        reports.append(line)
-        if len(reports) == 8:
-            raise KeyboardInterrupt  # as if the job were killed after 8 checkpoints
+        lines.append(line)
+        if len(lines) == count:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(protocol_module.Progress, "__call__", interrupt)
+    return lambda: monkeypatch.setattr(protocol_module.Progress, "__call__", original)
+
+
+def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, monkeypatch):
+    out = tmp_path / "water"
+    args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
+    restore = interrupt_after(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         main(args)
-    monkeypatch.setattr(protocol_module.Progress, "__call__", original)
+    restore()
     table = out / "replica-0" / "liquid" / "thermo.csv"
     before = rows(table)
     assert len(before) == 8 and not (out / "report.json").exists()
@@ -96,15 +103,23 @@ def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, mo
     assert int(rows(table)[-1]["step"]) == 300
 
 
-def test_lammps_engine_end_to_end(tiny_model, tmp_path):
+def test_lammps_engine_end_to_end_with_resume(tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "water-lammps"
-    assert main(["protocol", "liquid", *SHORT, "--engine", "lammps", "--model", tiny_model,
-                 "--out", str(out)]) == 0
+    args = ["protocol", "liquid", *SHORT, "--engine", "lammps", "--model", tiny_model, "--out", str(out)]
+    restore = interrupt_after(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    restore()
+    table = out / "replica-0" / "liquid" / "thermo.csv"
+    before = rows(table)
+    assert len(before) == 5
+    assert main(args + ["--resume"]) == 0  # read_restart: box, velocities, fix npt state
+    liquid = rows(table)
+    assert liquid[:5] == before and [int(r["step"]) for r in liquid] == list(range(10, 210, 10))
+    assert len({r["volume_nm3"] for r in liquid}) > 1  # the box breathes
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["engine"] == "lammps"
     assert 0.3 < report["density_g_cm3"]["mean"] < 2.0 and report["hvap_kj_mol"]["stderr"] > 0
-    liquid = rows(out / "replica-0" / "liquid" / "thermo.csv")
-    assert len(liquid) == 20 and len({r["volume_nm3"] for r in liquid}) > 1  # the box breathes
     assert (out / "plots" / "rdf.png").exists()
 
 
@@ -129,3 +144,33 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys):
     assert "does not match the formal charges" in error("--molecule", str(sdf))
     assert "model file" in error("--molecule", "water", "--model", str(tmp_path / "none.pt"))
     assert "nothing to resume" in error("--molecule", "water", "--resume")
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(tiny_model, tmp_path):
+    """SIGKILL a protocol subprocess mid-run; --resume keeps every sample written before it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "water"
+    args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "allscaip.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    table = out / "replica-0" / "liquid" / "thermo.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not table.exists() or len(rows(table)) < 6):
+        if process.poll() is not None:
+            pytest.fail("the protocol subprocess ended early:\n" + process.stderr.read().decode()[-2000:])
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = rows(table)
+    assert 6 <= len(before) < 20
+    assert main(args + ["--resume"]) == 0
+    after = rows(table)
+    assert after[:len(before)] == before and [int(r["step"]) for r in after] == list(range(10, 210, 10))
+    assert (out / "report.json").exists()
