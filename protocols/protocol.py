@@ -40,23 +40,33 @@ class Progress:
             self.last = now
 
 
-def check_model_elements(model_path: str, molecule: Molecule):
-    """Load the model; raise ValueError when it does not cover the molecule's elements."""
+def model_elements(model) -> tuple[set[str], str]:
+    """Elements a model covers and how that was decided: its metadata's ``elements`` list;
+    else the elements with a fitted (non-zero) reference energy -- a trained model fits
+    references only for the elements of its data; else every Z the embedding accepts."""
     from ase.data import chemical_symbols
 
+    listed = model.metadata.get("elements")
+    if listed:
+        return {chemical_symbols[e] if isinstance(e, int) else str(e) for e in listed}, "its metadata"
+    highest = min(model.max_atomic_number, model.element_references.numel() - 1)
+    fitted = [int(z) for z in model.element_references[1:highest + 1].nonzero().flatten() + 1]
+    if fitted:
+        return {chemical_symbols[z] for z in fitted}, "its element reference energies"
+    return set(chemical_symbols[1:highest + 1]), f"its embedding (Z = 1..{highest})"
+
+
+def check_model_elements(model_path: str, molecule: Molecule):
+    """Load the model; raise ValueError when it does not cover the molecule's elements."""
     from allscaip.io import load_model
 
     model = load_model(model_path)
-    listed = model.metadata.get("elements")
-    if listed:
-        covered = {chemical_symbols[e] if isinstance(e, int) else str(e) for e in listed}
-    else:
-        highest = min(model.max_atomic_number, model.element_references.numel() - 1)
-        covered = set(chemical_symbols[1:highest + 1])
+    covered, basis = model_elements(model)
     missing = sorted(set(molecule.symbols) - covered)
     if missing:
+        shown = ", ".join(sorted(covered)) if len(covered) < 20 else f"{len(covered)} elements"
         raise ValueError(f"model {model_path} does not cover element(s) {', '.join(missing)} of "
-                         f"{molecule.name} (the model covers {', '.join(sorted(covered)) if len(covered) < 20 else f'Z = 1..{len(covered)}'})")
+                         f"{molecule.name}: it covers {shown} (from {basis})")
     return model
 
 

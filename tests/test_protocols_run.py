@@ -136,6 +136,17 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys):
     hcl = tmp_path / "hcl.xyz"
     hcl.write_text("2\n\nH 0 0 0\nCl 1.27 0 0\n")
     assert "does not cover element(s) Cl" in error("--molecule", str(hcl))
+    # a trained water model: references fitted for H and O only
+    config = ModelConfig(hidden_size=16, num_layers=1, atten_num_heads=2, max_radius=4.0, knn_k=8,
+                         freequency_list=[2, 2, 1, 2, 1], max_num_elements=10)
+    references = torch.zeros(10, dtype=torch.float64)
+    references[[1, 8]] = torch.tensor([-0.17, -0.09], dtype=torch.float64)
+    water_model = save_model(AllScAIP(config, element_references=references), config, tmp_path / "w.pt")
+    methanol = tmp_path / "methanol.xyz"
+    methanol.write_text("6\n\nC 0.000 0.000 0.000\nO 1.410 0.000 0.000\nH -0.360 1.030 0.000\n"
+                        "H -0.360 -0.510 0.890\nH -0.360 -0.510 -0.890\nH 1.740 0.900 0.000\n")
+    message = error("--molecule", str(methanol), "--model", str(water_model))
+    assert "does not cover element(s) C of methanol: it covers H, O" in message
     sdf = tmp_path / "hydroxide.sdf"
     sdf.write_text("hydroxide\n\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\n"
                    "    0.0000    0.0000    0.0000 O   0  0  0  0  0  0  0  0  0  0  0  0\n"
