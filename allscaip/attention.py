@@ -104,21 +104,88 @@ class NeighborhoodAttention(nn.Module):
             return self.expand_by_frequency(q, frequencies), self.expand_by_frequency(k, frequencies)
         return q, k
 
-    def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
-                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-        """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty."""
-        n_atoms, n_slots, hidden = x.shape
-        q, k, v = self.src_attn.project(self.src_attn_norm(x))
-        q, k = self.modulate(q, k, frequencies)
-        x = x + self.src_attn_res_scale * self.src_attn.attend(q, k, v, src_bias[:, None, None, :])
-        x = torch.index_select(x.reshape(n_atoms * n_slots, hidden), 0, to_dst).reshape(n_atoms, n_slots, hidden)
-        if self.use_freq_mask:
-            frequencies = torch.index_select(frequencies.reshape(n_atoms * n_slots, -1), 0, to_dst).reshape(
-                n_atoms, n_slots, -1)
+    def update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
+               source: bool) -> torch.Tensor:
+        """One pre-norm residual attention over the slots of each row (source or destination
+        layout); rows are independent: (B, P, H) -> (B, P, H)."""
+        mask = bias[:, None, None, :]
+        if source:  # TorchScript cannot pick a submodule by value
+            q, k, v = self.src_attn.project(self.src_attn_norm(x))
+            q, k = self.modulate(q, k, frequencies)
+            return x + self.src_attn_res_scale * self.src_attn.attend(q, k, v, mask)
         q, k, v = self.dst_attn.project(self.dst_attn_norm(x))
         q, k = self.modulate(q, k, frequencies)
-        x = x + self.dst_attn_res_scale * self.dst_attn.attend(q, k, v, dst_bias[:, None, None, :])
-        return torch.index_select(x.reshape(n_atoms * n_slots, hidden), 0, to_src).reshape(n_atoms, n_slots, hidden)
+        return x + self.dst_attn_res_scale * self.dst_attn.attend(q, k, v, mask)
+
+    def chunked_update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
+                       source: bool, chunk: int) -> torch.Tensor:
+        """``update`` on chunks of ``chunk`` rows (all at once if chunk is 0)."""
+        if chunk <= 0 or chunk >= x.shape[0]:
+            return self.update(x, bias, frequencies, source)
+        return torch.cat([self.update(x[start:start + chunk], bias[start:start + chunk],
+                                      self.rows(frequencies, start, start + chunk), source)
+                          for start in range(0, x.shape[0], chunk)])
+
+    def rows(self, frequencies: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return frequencies[start:stop] if self.use_freq_mask else frequencies
+
+    def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
+                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
+                chunk: int = 0) -> torch.Tensor:
+        """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty;
+        chunk > 0 bounds the rows attended at once (same result)."""
+        x = self.chunked_update(x, src_bias, frequencies, True, chunk)
+        x = gather_slots(x, to_dst)
+        if self.use_freq_mask:
+            frequencies = gather_slots(frequencies, to_dst)
+        x = self.chunked_update(x, dst_bias, frequencies, False, chunk)
+        return gather_slots(x, to_src)
+
+    def chunked_vjp(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
+                    to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
+                    grad_output: torch.Tensor, chunk: int) -> List[torch.Tensor]:
+        """Gradients of sum(grad_output * forward(...)) with respect to x, src_bias, dst_bias
+        and frequencies, recomputing ``chunk`` rows at a time (memory O(chunk))."""
+        with torch.no_grad():
+            middle = gather_slots(self.chunked_update(x, src_bias, frequencies, True, chunk), to_dst)
+            dst_frequencies = gather_slots(frequencies, to_dst) if self.use_freq_mask else frequencies
+        grad_middle, grad_dst_bias, grad_dst_frequencies = self.rowwise_vjp(
+            middle, dst_bias, dst_frequencies, False, scatter_slots(grad_output, to_src), chunk)
+        grad_x, grad_src_bias, grad_frequencies = self.rowwise_vjp(
+            x, src_bias, frequencies, True, scatter_slots(grad_middle, to_dst), chunk)
+        if self.use_freq_mask:
+            grad_frequencies = grad_frequencies + scatter_slots(grad_dst_frequencies, to_dst)
+        return [grad_x, grad_src_bias, grad_dst_bias, grad_frequencies]
+
+    def rowwise_vjp(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor, source: bool,
+                    grad_output: torch.Tensor, chunk: int) -> List[torch.Tensor]:
+        """Pull grad_output back through ``update`` chunk by chunk: grads of x, bias, frequencies."""
+        parts: List[List[torch.Tensor]] = [[], [], []]
+        step = chunk if chunk > 0 else x.shape[0]
+        for start in range(0, x.shape[0], step):
+            leaves = [x[start:start + step].detach().requires_grad_(True),
+                      bias[start:start + step].detach().requires_grad_(True),
+                      self.rows(frequencies, start, start + step).detach().requires_grad_(True)]
+            out = self.update(leaves[0], leaves[1], leaves[2], source)
+            grads = gradients([out], leaves, [grad_output[start:start + step]])
+            for index in range(3):
+                parts[index].append(grads[index])
+        if not self.use_freq_mask:
+            parts[2] = [torch.zeros_like(frequencies)]
+        return [torch.cat(part) for part in parts]
+
+
+def gather_slots(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N, P, C) -> (N, P, C) with flat slot s taken from flat slot index[s]."""
+    n_atoms, n_slots = values.shape[0], values.shape[1]
+    return torch.index_select(values.reshape(n_atoms * n_slots, -1), 0, index).reshape(values.shape)
+
+
+def scatter_slots(grad: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Adjoint of ``gather_slots``: gradient with respect to its input."""
+    n_atoms, n_slots = grad.shape[0], grad.shape[1]
+    flat = grad.reshape(n_atoms * n_slots, -1)
+    return torch.zeros_like(flat).index_add(0, index, flat).reshape(grad.shape)
 
 
 class NodeAttention(AttentionProjections):

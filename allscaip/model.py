@@ -22,6 +22,7 @@ from allscaip.spherical import spherical_harmonics
 CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
 N_CHARGES = 201
 N_SPINS = 101  # spin embedding row = spin multiplicity (0..100)
+NEIGHBORHOOD_CHUNK = 16  # blocked mode: neighbourhood attention on 16 * block_size atoms at once
 
 
 def linear_gelu(n_in: int, n_out: int) -> nn.Sequential:
@@ -144,10 +145,14 @@ class GraphAttentionBlock(nn.Module):
                 cfg.hidden_size, cfg.atten_num_heads, cfg.num_layers, cfg.attn_num_freq,
                 cfg.use_sincx_mask, cfg.use_residual_scaling)
         self.node_ffn = FeedForward(cfg)
+        self.chunk_factor = NEIGHBORHOOD_CHUNK
 
-    def neighborhood(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    def neighborhood(self, x: torch.Tensor, inputs: BlockInputs, block_size: int) -> torch.Tensor:
+        """Neighbourhood attention; with blocked node attention, in chunks of
+        chunk_factor * block_size atoms (same result)."""
         return self.neighborhood_attention(x, inputs.src_bias, inputs.dst_bias, inputs.to_dst,
-                                           inputs.to_src, inputs.frequencies)
+                                           inputs.to_src, inputs.frequencies,
+                                           self.chunk_factor * block_size)
 
     def node_update(self, y: torch.Tensor, inputs: BlockInputs, omega: torch.Tensor,
                     block_size: int) -> Optional[torch.Tensor]:
@@ -171,19 +176,17 @@ class GraphAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: BlockInputs, omega: torch.Tensor,
                 block_size: int) -> torch.Tensor:
-        y = self.neighborhood(x, inputs)
+        y = self.neighborhood(x, inputs, block_size)
         return self.combine(y, self.node_update(y, inputs, omega, block_size))
 
     def backward_step(self, x: torch.Tensor, update: Optional[torch.Tensor], inputs: BlockInputs,
                       omega: torch.Tensor, block_size: int, grad_output: torch.Tensor) -> List[torch.Tensor]:
-        """Recompute this block from its input x and pull grad_output back: gradients with
-        respect to x, src_bias, dst_bias, frequencies, pair positions and image offsets."""
-        x = x.detach().requires_grad_(True)
-        shared = [inputs.src_bias.detach().requires_grad_(True), inputs.dst_bias.detach().requires_grad_(True),
-                  inputs.frequencies.detach().requires_grad_(True)]
-        leaves = BlockInputs(shared[0], shared[1], inputs.to_dst, inputs.to_src, shared[2],
-                             inputs.sinc, inputs.pairs)
-        y = self.neighborhood(x, leaves)
+        """Recompute this block from its input x and pull grad_output back, chunk by chunk:
+        gradients with respect to x, src_bias, dst_bias, frequencies, pair positions and
+        image offsets."""
+        with torch.no_grad():
+            y = self.neighborhood(x, inputs, block_size)
+        y = y.requires_grad_(True)
         pair_grads = [torch.zeros_like(inputs.pairs.positions), torch.zeros_like(inputs.pairs.offsets)]
         node_attention = self.node_attention
         if node_attention is None or update is None:
@@ -194,7 +197,9 @@ class GraphAttentionBlock(nn.Module):
             grad_node, pair_grads[0], pair_grads[1] = node_attention.blocked_vjp(
                 y[:, 0], inputs.pairs, omega, block_size, grad_update)
             grad_y = torch.cat([(grad_y[:, 0] + grad_node).unsqueeze(1), grad_y[:, 1:]], dim=1)
-        return gradients([y], [x] + shared, [grad_y]) + pair_grads
+        return self.neighborhood_attention.chunked_vjp(
+            x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.frequencies,
+            grad_y, self.chunk_factor * block_size) + pair_grads
 
 
 class Backbone(nn.Module):
@@ -285,7 +290,7 @@ class Backbone(nn.Module):
         with torch.no_grad():
             for block in self.transformer_blocks:
                 states.append(x)
-                y = block.neighborhood(x, inputs)
+                y = block.neighborhood(x, inputs, self.block_size)
                 update = block.node_update(y, inputs, self.sinc_omega, self.block_size)
                 updates.append(update)
                 x = block.combine(y, update)
