@@ -82,8 +82,8 @@ def export_model(model_path: str | Path, output: str | Path,
     return output
 
 
-def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """Load an exported archive and its metadata."""
+def load_exported(path: str | Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
+    """Load an exported archive (onto ``device``, e.g. "cuda") and its metadata."""
     extra = {METADATA_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     return module, json.loads(extra[METADATA_FILE])

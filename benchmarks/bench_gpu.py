@@ -271,7 +271,7 @@ def main() -> None:
         name, waters, precision, block = json.loads(args.case)
         print(json.dumps(time_case(name, waters, precision, block, args.device, args.repeats)))
         return
-    args.models = args.models or (["small"] if args.quick else ["small", "md_neno"])
+    args.models = args.models or (["small"] if args.quick else ["md_neno", "small"])  # target first
     args.waters = args.waters or ([64, 216] if args.quick else WATERS)
     if args.quick:
         args.block = min(args.block, 64)
