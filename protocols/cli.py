@@ -54,7 +54,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     a("--hvap-tolerance", type=float, help="extend until the ΔHvap stderr <= this (kJ/mol)")
     a("--max-production", type=float, help="longest liquid production when extending, ps (default 4x --production)")
     a("--precision", choices=["float32", "float64"], help="network dtype (default float32)")
-    a("--platform", help="OpenMM platform for the liquid (default CPU)")
+    a("--platform", help="OpenMM platform for the liquid (default auto: CUDA if available, else CPU)")
     a("--out", required=True, help="output folder")
     a("--quick", action="store_true", default=None, help=f"short demonstration preset ({quick})")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoints")

@@ -53,7 +53,7 @@ class ProtocolSettings:
     hvap_tolerance: float | None = None  # kJ/mol
     max_production: float | None = None  # cap on liquid production when extending
     precision: str = "float32"
-    platform: str = "CPU"
+    platform: str = "auto"  # OpenMM platform of the liquid: CUDA when available, else CPU
     quick: bool = False
 
     @property
