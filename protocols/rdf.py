@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 MAX_FRAMES = 200
-BIN_WIDTH = 0.05  # Angstrom
+BIN_WIDTH = 0.1  # Angstrom
 
 
 def site_label(universe) -> str:
