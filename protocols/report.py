@@ -175,6 +175,10 @@ def write_outputs(protocol, results: dict) -> dict:
         report["statistical_inefficiency"]["gas_potential"] = [
             r["gas"]["potential"]["statistical_inefficiency"] for r in replicas]
         report["ns_per_day"]["gas"] = float(np.mean([r["gas"]["ns_per_day"] for r in replicas]))
+    targets = {"density_g_cm3": s.density_tolerance, "hvap_kj_mol": s.hvap_tolerance}
+    report["target_uncertainty"] = {
+        key: {"tolerance": tol, "met": report[key]["stderr"] <= tol}
+        for key, tol in targets.items() if tol is not None and key in report}
     report.update({
         "replicas": replicas, "experiment": protocol.experiment, "reference_models": protocol.references,
         "rdf": {"site": rdf["site"], "frames": rdf["frames"], "file": "rdf.csv"},

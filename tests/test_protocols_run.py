@@ -101,6 +101,12 @@ def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, mo
     # resuming a finished run with a longer production extends it
     assert main(args + ["--resume", "--production", "0.25"]) == 0
     assert int(rows(table)[-1]["step"]) == 300
+    # an unreachable target uncertainty extends in steps of 25 % of --production (40 steps)
+    # up to --max-production: 300 -> 340 -> 380 (420 would exceed 0.05 + 0.35 ps)
+    assert main(args + ["--resume", "--density-tolerance", "1e-9", "--max-production", "0.35"]) == 0
+    assert int(rows(table)[-1]["step"]) == 380
+    target = json.loads((out / "report.json").read_text())["target_uncertainty"]["density_g_cm3"]
+    assert target == {"tolerance": 1e-9, "met": False}
 
 
 def test_lammps_engine_end_to_end_with_resume(tiny_model, tmp_path, monkeypatch):
