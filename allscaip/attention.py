@@ -129,26 +129,33 @@ class NeighborhoodAttention(nn.Module):
     def rows(self, frequencies: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         return frequencies[start:stop] if self.use_freq_mask else frequencies
 
+    def halfway(self, x: torch.Tensor, src_bias: torch.Tensor, to_dst: torch.Tensor,
+                frequencies: torch.Tensor, chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Source attention, then the destination layout: states and frequencies there."""
+        middle = gather_slots(self.chunked_update(x, src_bias, frequencies, True, chunk), to_dst)
+        if self.use_freq_mask:
+            frequencies = gather_slots(frequencies, to_dst)
+        return middle, frequencies
+
+    def finish(self, middle: torch.Tensor, dst_bias: torch.Tensor, to_src: torch.Tensor,
+               dst_frequencies: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Destination attention, then back to the source layout."""
+        return gather_slots(self.chunked_update(middle, dst_bias, dst_frequencies, False, chunk), to_src)
+
     def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
                 to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
                 chunk: int = 0) -> torch.Tensor:
         """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty;
         chunk > 0 bounds the rows attended at once (same result)."""
-        x = self.chunked_update(x, src_bias, frequencies, True, chunk)
-        x = gather_slots(x, to_dst)
-        if self.use_freq_mask:
-            frequencies = gather_slots(frequencies, to_dst)
-        x = self.chunked_update(x, dst_bias, frequencies, False, chunk)
-        return gather_slots(x, to_src)
+        middle, dst_frequencies = self.halfway(x, src_bias, to_dst, frequencies, chunk)
+        return self.finish(middle, dst_bias, to_src, dst_frequencies, chunk)
 
-    def chunked_vjp(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
-                    to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
+    def chunked_vjp(self, x: torch.Tensor, middle: torch.Tensor, src_bias: torch.Tensor,
+                    dst_bias: torch.Tensor, to_dst: torch.Tensor, to_src: torch.Tensor,
+                    frequencies: torch.Tensor, dst_frequencies: torch.Tensor,
                     grad_output: torch.Tensor, chunk: int) -> List[torch.Tensor]:
-        """Gradients of sum(grad_output * forward(...)) with respect to x, src_bias, dst_bias
-        and frequencies, recomputing ``chunk`` rows at a time (memory O(chunk))."""
-        with torch.no_grad():
-            middle = gather_slots(self.chunked_update(x, src_bias, frequencies, True, chunk), to_dst)
-            dst_frequencies = gather_slots(frequencies, to_dst) if self.use_freq_mask else frequencies
+        """Gradients of sum(grad_output * forward(x)) with respect to x, src_bias, dst_bias
+        and frequencies, given ``halfway``'s output; ``chunk`` rows recomputed at a time."""
         grad_middle, grad_dst_bias, grad_dst_frequencies = self.rowwise_vjp(
             middle, dst_bias, dst_frequencies, False, scatter_slots(grad_output, to_src), chunk)
         grad_x, grad_src_bias, grad_frequencies = self.rowwise_vjp(

@@ -184,8 +184,12 @@ class GraphAttentionBlock(nn.Module):
         """Recompute this block from its input x and pull grad_output back, chunk by chunk:
         gradients with respect to x, src_bias, dst_bias, frequencies, pair positions and
         image offsets."""
+        attention = self.neighborhood_attention
+        chunk = self.chunk_factor * block_size
         with torch.no_grad():
-            y = self.neighborhood(x, inputs, block_size)
+            middle, dst_frequencies = attention.halfway(x, inputs.src_bias, inputs.to_dst,
+                                                        inputs.frequencies, chunk)
+            y = attention.finish(middle, inputs.dst_bias, inputs.to_src, dst_frequencies, chunk)
         y = y.requires_grad_(True)
         pair_grads = [torch.zeros_like(inputs.pairs.positions), torch.zeros_like(inputs.pairs.offsets)]
         node_attention = self.node_attention
@@ -197,9 +201,9 @@ class GraphAttentionBlock(nn.Module):
             grad_node, pair_grads[0], pair_grads[1] = node_attention.blocked_vjp(
                 y[:, 0], inputs.pairs, omega, block_size, grad_update)
             grad_y = torch.cat([(grad_y[:, 0] + grad_node).unsqueeze(1), grad_y[:, 1:]], dim=1)
-        return self.neighborhood_attention.chunked_vjp(
-            x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.frequencies,
-            grad_y, self.chunk_factor * block_size) + pair_grads
+        return attention.chunked_vjp(x, middle, inputs.src_bias, inputs.dst_bias, inputs.to_dst,
+                                     inputs.to_src, inputs.frequencies, dst_frequencies, grad_y,
+                                     chunk) + pair_grads
 
 
 class Backbone(nn.Module):
