@@ -43,7 +43,7 @@ MODELS = {
                   freequency_list=[4, 4, 4, 2, 2], smooth_node_order=True),
     "md_neno": dict(hidden_size=640, num_layers=10, atten_num_heads=10, max_radius=6.0, knn_k=30),
 }
-WATERS = [216, 512, 1000, 2000, 3334, 5000, 6667, 10000, 13334, 16667]  # 648 ... 50001 atoms
+WATERS = [216, 512, 1000, 2000, 3334, 5000, 6667, 10000, 16667, 23334, 33334]  # 648 ... 100002 atoms
 WATER_GEOMETRY = [[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]]  # O, H, H
 TF32_FORCE_TOLERANCE = 1e-3  # max |dF| / rms |F| against float64 for TF32 to be timed
 CARD_MB = 1024.0 ** 2
