@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo: environment report, then the water density + heat-of-vaporization protocol with
-# the shipped default model (--quick: 64 waters, 20 ps liquid + 20 ps gas, about 6 minutes on
-# 2 cores). It prints the summary table; an interrupted demo resumes where it stopped.
+# the shipped default model (--quick: 64 waters, 13 ps liquid + 12 ps gas, 3-8 minutes on 2
+# cores). It prints the summary table; an interrupted demo resumes where it stopped.
 DEMO := demo-output
 demo: $(STAMP)
 	$(BIN)/allscaip info
