@@ -224,10 +224,6 @@ class NodeAttention(AttentionProjections):
             bias = node_attention_bias(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(q.dtype)
         return self.attend(q, k, v, bias).squeeze(0)
 
-    def forward(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
-        """x: (N, H); sinc: (N, N, K) kernels, or empty when the mask is off."""
-        return self.node_attn_res_scale * self.attention(x, sinc) + x
-
     def block_bias(self, pairs: PairImages, omega: torch.Tensor, start: int, stop: int,
                    dtype: torch.dtype) -> Optional[torch.Tensor]:
         """(1, heads, B, N) bias of query rows [start, stop), or None without the sinc mask."""
