@@ -10,6 +10,7 @@ hidden 64, 2 layers, 4 heads, knn_k 20, cutoff 6 A, conserving forces, no masks
 process so that peak memory is per case.
 
     .venv/bin/python benchmarks/bench_model.py --waters 64 216 512 1000 2000
+    .venv/bin/python benchmarks/bench_model.py --model models/allscaip-spcfw-water/model.pt --waters 64
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def save_benchmark_model(folder: Path, masks: bool = False) -> Path:
     return save_model(AllScAIP(config), config, Path(folder) / "bench.pt")
 
 
-def run_case(waters: int, dtype_name: str, mode: str, masks: bool, threads: int, repeats: int) -> dict:
+def run_case(waters: int, dtype_name: str, mode: str, masks: bool, threads: int, repeats: int,
+             model_path: str | None = None) -> dict:
     """Time one case in this process; returns ms per call and peak RSS."""
     import numpy as np
     import torch
@@ -61,7 +63,12 @@ def run_case(waters: int, dtype_name: str, mode: str, masks: bool, threads: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dtype = getattr(torch, dtype_name)
-    model = AllScAIP(architecture(masks)).to(dtype).eval()
+    if model_path:
+        from allscaip.io import load_model
+
+        model = load_model(model_path, dtype=dtype)
+    else:
+        model = AllScAIP(architecture(masks)).to(dtype).eval()
     if mode == "torchscript":
         scripted = script_model(model, dtype)
         call = lambda args: scripted(*args)
@@ -104,6 +111,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--modes", nargs="+", default=["eager", "torchscript"])
     parser.add_argument("--masks", action="store_true", help="frequency and sinc masks on")
+    parser.add_argument("--model", help="time this model file instead of the benchmark architecture")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fairchem-waters", type=int, nargs="*", default=[64, 216],
@@ -113,13 +121,14 @@ def main() -> None:
 
     if args.case:
         waters, dtype_name, mode = int(args.case[0]), args.case[1], args.case[2]
-        print(json.dumps(run_case(waters, dtype_name, mode, args.masks, args.threads, args.repeats)))
+        print(json.dumps(run_case(waters, dtype_name, mode, args.masks, args.threads, args.repeats, args.model)))
         return
 
     reference = fairchem_times([w for w in args.fairchem_waters if w in args.waters], args.threads) \
-        if not args.masks else {}
-    print(f"AllScAIP energy+forces, hidden 64, 2 layers, knn_k 20, cutoff 6 A, masks {args.masks}, "
-          f"{args.threads} threads")
+        if not (args.masks or args.model) else {}
+    described = f"model {args.model}" if args.model else \
+        f"hidden 64, 2 layers, knn_k 20, cutoff 6 A, masks {args.masks}"
+    print(f"AllScAIP energy+forces, {described}, {args.threads} threads")
     print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'mode':>12} {'ms/call':>9} {'peak MB':>8} "
           f"{'fairchem ms':>11} {'speed-up':>8}")
     for waters in args.waters:
@@ -129,6 +138,8 @@ def main() -> None:
                            "--threads", str(args.threads), "--repeats", str(args.repeats)]
                 if args.masks:
                     command.append("--masks")
+                if args.model:
+                    command += ["--model", args.model]
                 result = subprocess.run(command, capture_output=True, text=True,
                                         env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
                 if result.returncode != 0:
