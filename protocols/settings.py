@@ -11,12 +11,12 @@ ENGINES = ("openmm", "lammps")
 
 # --quick: 64 molecules with hydrogen mass repartitioning (H 4 amu) and 1.5 fs steps -- the
 # reference potential measured no change of static averages with HMR at 1.5 fs
-# (REFERENCE-POTENTIAL.md) -- 3 + 10 ps liquid and 2 + 10 ps gas: 8 700 liquid steps
-# (64 waters) + 8 000 gas steps (one molecule) + ~200 minimisation calls. At 15-45 ms per
-# 64-water call and ~5 ms per gas call that is 3-8 minutes on 2 cores; expected standard
-# errors ~0.01 g/cm^3 and ~0.6 kJ/mol (a smoke test of the pipeline, not a measurement).
-QUICK = {"n_molecules": 64, "hydrogen_mass": 4.0, "timestep": 1.5, "equilibration": 3.0,
-         "production": 10.0, "gas_equilibration": 2.0, "gas_production": 10.0, "replicas": 1,
+# (REFERENCE-POTENTIAL.md) -- 1 + 4 ps liquid and 1 + 8 ps gas: 3 300 liquid steps
+# (64 waters) + 6 000 gas steps (one molecule) + minimisation. Sized for the shipped model,
+# measured at ~105 ms per 64-water call on 2 cores (benchmarks/RESULTS.md): a smoke test
+# of the whole pipeline within 10 minutes, not a measurement (wide error bars).
+QUICK = {"n_molecules": 64, "hydrogen_mass": 4.0, "timestep": 1.5, "equilibration": 1.0,
+         "production": 4.0, "gas_equilibration": 1.0, "gas_production": 8.0, "replicas": 1,
          "report_interval": 100}
 # Lengths and tolerances may change when a run is resumed (to extend it); nothing else may.
 EXTENDABLE = ("production", "gas_production", "density_tolerance", "hvap_tolerance",
