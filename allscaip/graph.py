@@ -350,6 +350,8 @@ def minimum_image_distances(pairs: PairImages, start: int, stop: int,
     rows = max(1, block_elements // max(1, n_atoms * pairs.offsets.shape[0]))
     index = torch.cat([minimum_image_index(pairs, first, min(first + rows, stop))
                        for first in range(start, stop, rows)])
-    disp = (pairs.positions[None, :, :] + pairs.offsets[index]
-            - pairs.positions[start:stop, None, :])
+    # index_select, not offsets[index]: the backward of advanced indexing sorts all B*N
+    # entries onto the few image rows and took 90 % of a blocked call on a GPU.
+    images = torch.index_select(pairs.offsets, 0, index.reshape(-1)).reshape(index.shape[0], n_atoms, 3)
+    disp = pairs.positions[None, :, :] + images - pairs.positions[start:stop, None, :]
     return safe_norm(disp)
