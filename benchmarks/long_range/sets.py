@@ -55,50 +55,51 @@ def dimer_curve(arrangement: str) -> list[Frame]:
 
 
 def near_forces(frame: Frame, near_cutoff: float) -> np.ndarray:
-    """Forces (eV/A) of SPC/Fw counting only molecules with oxygens within ``near_cutoff``."""
+    """Forces (eV/A) of SPC/Fw counting only molecules with oxygens within ``near_cutoff``
+    (minimum image; all pairs of a non-periodic frame within it), bare Coulomb and
+    Lennard-Jones, plus the intramolecular terms."""
     positions, cell = frame.positions, frame.cell
-    inverse = np.linalg.inv(cell)
-    charges = np.tile([spcfw.CHARGE_O, spcfw.CHARGE_H, spcfw.CHARGE_H], len(frame) // 3)
+    periodic = bool(frame.pbc.all())
+    inverse = np.linalg.inv(cell) if periodic else np.zeros((3, 3))
+    n_molecules = len(frame) // 3
+    charges = np.array([spcfw.CHARGE_O, spcfw.CHARGE_H, spcfw.CHARGE_H])
+    qq = COULOMB * charges[:, None] * charges[None, :]  # (3, 3)
     sigma, epsilon = spcfw.SIGMA_O * 10, spcfw.EPSILON_O / KJ_PER_EV
-    forces = np.zeros_like(positions)
-    oxygens = positions[0::3]
-    for a in range(len(oxygens)):
-        shift_frac = oxygens - oxygens[a]
-        shift_frac = shift_frac @ inverse
-        images = -np.round(shift_frac) @ cell  # minimum-image shift of each molecule
+    molecules = positions.reshape(n_molecules, 3, 3)
+    oxygens = molecules[:, 0]
+    forces = np.zeros_like(molecules)
+    for a in range(n_molecules):
+        images = -np.round((oxygens - oxygens[a]) @ inverse) @ cell  # minimum-image shifts
         distance = np.linalg.norm(oxygens + images - oxygens[a], axis=1)
-        for b in np.flatnonzero((distance < near_cutoff) & (np.arange(len(oxygens)) != a)):
-            for i in range(3):
-                for j in range(3):
-                    d = positions[3 * a + i] - (positions[3 * b + j] + images[b])
-                    r = np.linalg.norm(d)
-                    magnitude = COULOMB * charges[3 * a + i] * charges[3 * b + j] / r**3
-                    if i == 0 and j == 0:
-                        sr6 = (sigma / r) ** 6
-                        magnitude += 24 * epsilon * (2 * sr6 * sr6 - sr6) / r**2
-                    forces[3 * a + i] += magnitude * d
-    return forces + intramolecular_forces(positions)
+        partners = np.flatnonzero((distance < near_cutoff) & (np.arange(n_molecules) != a))
+        d = molecules[a][None, :, None, :] - (molecules[partners] + images[partners, None, :])[:, None, :, :]
+        r = np.linalg.norm(d, axis=-1)  # (partners, 3, 3)
+        magnitude = qq / r**3
+        sr6 = (sigma / r[:, 0, 0]) ** 6
+        magnitude[:, 0, 0] += 24 * epsilon * (2 * sr6 * sr6 - sr6) / r[:, 0, 0] ** 2
+        forces[a] += np.einsum("pij,pijx->ix", magnitude, d)
+    return forces.reshape(-1, 3) + intramolecular_forces(positions)
 
 
-def intramolecular_forces(positions: np.ndarray) -> np.ndarray:
-    """Bond and angle forces of SPC/Fw (eV/A) by central differences of the energy."""
-    def energy(p):
-        total = 0.0
-        for o, h1, h2 in p.reshape(-1, 3, 3):
-            for h in (h1, h2):
-                total += 0.5 * spcfw.BOND_K / 100 * (np.linalg.norm(h - o) - spcfw.BOND_LENGTH * 10) ** 2
-            u, v = h1 - o, h2 - o
-            theta = math.acos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))
-            total += 0.5 * spcfw.ANGLE_K * (theta - spcfw.ANGLE) ** 2
-        return total / KJ_PER_EV
+def molecule_energy(molecule: np.ndarray) -> float:
+    """SPC/Fw bond and angle energy (eV) of one (O, H, H) molecule."""
+    o, h1, h2 = molecule
+    total = sum(0.5 * spcfw.BOND_K / 100 * (np.linalg.norm(h - o) - spcfw.BOND_LENGTH * 10) ** 2 for h in (h1, h2))
+    u, v = h1 - o, h2 - o
+    theta = math.acos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))
+    return (total + 0.5 * spcfw.ANGLE_K * (theta - spcfw.ANGLE) ** 2) / KJ_PER_EV
 
-    forces = np.zeros_like(positions)
-    h = 1e-5
-    for index in np.ndindex(positions.shape):
-        step = np.zeros_like(positions)
-        step[index] = h
-        forces[index] = -(energy(positions + step) - energy(positions - step)) / (2 * h)
-    return forces
+
+def intramolecular_forces(positions: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Bond and angle forces (eV/A), molecule by molecule, by central differences."""
+    molecules = positions.reshape(-1, 3, 3)
+    forces = np.zeros_like(molecules)
+    for m, molecule in enumerate(molecules):
+        for index in np.ndindex(3, 3):
+            step = np.zeros((3, 3))
+            step[index] = h
+            forces[m][index] = -(molecule_energy(molecule + step) - molecule_energy(molecule - step)) / (2 * h)
+    return forces.reshape(-1, 3)
 
 
 def model_outputs(model, frame: Frame) -> tuple[float, np.ndarray]:
@@ -108,32 +109,58 @@ def model_outputs(model, frame: Frame) -> tuple[float, np.ndarray]:
     return float(energy.detach()), forces.detach().numpy()
 
 
-def evaluate(model_path: Path, curves: dict, liquid: list[tuple[Frame, np.ndarray]]) -> dict:
+def liquid_split(frames: list[Frame], near_cutoff: float, count: int) -> list[tuple[Frame, np.ndarray]]:
+    """Up to ``count`` periodic water frames whose half box exceeds the cutoff, with F_far."""
+    chosen = [f for f in frames if f.pbc.all() and np.linalg.norm(f.cell, axis=1).min() / 2 > near_cutoff]
+    return [(f, f.forces - near_forces(f, near_cutoff)) for f in chosen[:count]]
+
+
+def far_field_metrics(forces: list[np.ndarray], liquid: list[tuple[Frame, np.ndarray]],
+                      near_cutoff: float) -> dict:
+    """How much of the far-field force a model reproduces, and its error by far-field share.
+
+    capture = sum (F_model - F_near) . F_far / sum |F_far|^2: the regression slope of what the
+    model adds beyond the near field onto the true far field (1: all of it; 0: none, for errors
+    uncorrelated with F_far)."""
+    model = np.concatenate(forces)
+    reference = np.concatenate([f.forces for f, _ in liquid])
+    far = np.concatenate([far for _, far in liquid])
+    near = reference - far
+    errors = np.linalg.norm(model - reference, axis=1)
+    shares = np.linalg.norm(far, axis=1) / np.linalg.norm(reference, axis=1)
+    edges = np.quantile(shares, [0, 0.25, 0.5, 0.75, 0.9, 1.0])
+    return {
+        "near_cutoff_a": near_cutoff,
+        "frames": len(liquid),
+        "atoms": int(len(reference)),
+        "force_rms_ev_a": float(np.sqrt(np.mean(reference**2))),
+        "far_field_rms_ev_a": float(np.sqrt(np.mean(far**2))),
+        "force_rmse_ev_a": float(np.sqrt(np.mean((model - reference) ** 2))),
+        "capture": float(np.sum((model - near) * far) / np.sum(far * far)),
+        "force_error_by_long_range_share": [
+            {"share_from": float(lo), "share_to": float(hi),
+             "mean_force_error_ev_a": float(errors[(shares >= lo) & (shares <= hi)].mean())}
+            for lo, hi in zip(edges[:-1], edges[1:])],
+    }
+
+
+def evaluate(model_path: Path, curves: dict, splits: list[list[tuple[Frame, np.ndarray]]],
+             cutoffs: list[float]) -> dict:
     from allscaip.io import load_model
 
     model = load_model(model_path, dtype=torch.float64)
     monomer = curves["aligned"][0].positions[:3]
     monomer_frame = Frame(np.array([8, 1, 1]), monomer, np.zeros((3, 3)), np.zeros(3, bool), 0.0)
     e_monomer, _ = model_outputs(model, monomer_frame)
-    result = {"model": str(model_path), "dimer": {}, "liquid": {}}
+    result = {"model": str(model_path), "parameters": sum(p.numel() for p in model.parameters()),
+              "dimer": {}, "liquid": []}
     for arrangement, frames in curves.items():
         result["dimer"][arrangement] = [
             {"separation": r, "reference_ev": f.energy, "model_ev": model_outputs(model, f)[0] - 2 * e_monomer}
             for r, f in zip(SEPARATIONS, frames)]
-    errors, shares = [], []
-    for frame, far in liquid:
-        _, forces = model_outputs(model, frame)
-        errors.append(np.linalg.norm(forces - frame.forces, axis=1))
-        shares.append(np.linalg.norm(far, axis=1) / np.linalg.norm(frame.forces, axis=1))
-    errors, shares = np.concatenate(errors), np.concatenate(shares)
-    edges = np.quantile(shares, [0, 0.25, 0.5, 0.75, 0.9, 1.0])
-    result["liquid"] = {
-        "force_error_by_long_range_share": [
-            {"share_from": float(lo), "share_to": float(hi),
-             "mean_force_error_ev_a": float(errors[(shares >= lo) & (shares <= hi)].mean())}
-            for lo, hi in zip(edges[:-1], edges[1:])],
-        "far_field_rms_ev_a": float(np.sqrt(np.mean(np.concatenate([far for _, far in liquid]) ** 2))),
-    }
+    for liquid, cutoff in zip(splits, cutoffs):
+        forces = [model_outputs(model, frame)[1] for frame, _ in liquid]
+        result["liquid"].append(far_field_metrics(forces, liquid, cutoff))
     return result
 
 
@@ -141,25 +168,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--test", type=Path, required=True, help="held-out data (liquid frames are used)")
-    parser.add_argument("--frames", type=int, default=6, help="liquid frames to split (64-water boxes)")
-    parser.add_argument("--near-cutoff", type=float, default=6.0, help="A")
+    parser.add_argument("--frames", type=int, default=10, help="liquid frames per near cutoff")
+    parser.add_argument("--near-cutoffs", type=float, nargs="+", default=[5.0, 9.0],
+                        help="A; frames whose half box is shorter are skipped")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     curves = {arrangement: dimer_curve(arrangement) for arrangement in ("aligned", "side")}
-    frames = [f for f in read_frames(args.test) if f.pbc.all() and len(f) == 192][:args.frames]
-    liquid = [(f, f.forces - near_forces(f, args.near_cutoff)) for f in frames]
-    results = [evaluate(path, curves, liquid) for path in args.models]
+    frames = read_frames(args.test)
+    splits = [liquid_split(frames, cutoff, args.frames) for cutoff in args.near_cutoffs]
+    for cutoff, split in zip(args.near_cutoffs, splits):
+        if not split:
+            raise SystemExit(f"no periodic frame in {args.test} has a half box longer than {cutoff} A")
+    results = [evaluate(path, curves, splits, args.near_cutoffs) for path in args.models]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "long_range.json").write_text(json.dumps(results, indent=1))
-    print("interaction energy (meV): separation  reference  " + "  ".join(p.stem for p in args.models))
+    print("interaction energy (meV): separation  reference  " + "  ".join(p.parent.name for p in args.models))
     for arrangement in curves:
         for k, r in enumerate(SEPARATIONS):
             row = [results[0]["dimer"][arrangement][k]["reference_ev"] * 1e3] + \
                   [res["dimer"][arrangement][k]["model_ev"] * 1e3 for res in results]
             print(f"{arrangement:8s} {r:5.1f} A " + " ".join(f"{v:9.2f}" for v in row))
-    print(f"far-field force RMS (beyond {args.near_cutoff} A): {results[0]['liquid']['far_field_rms_ev_a']:.3f} eV/A")
     for res in results:
-        print(res["model"], [round(b["mean_force_error_ev_a"], 3) for b in res["liquid"]["force_error_by_long_range_share"]])
+        for split in res["liquid"]:
+            print(f"{res['model']}: beyond {split['near_cutoff_a']} A ({split['frames']} frames) far RMS "
+                  f"{split['far_field_rms_ev_a']:.3f}, force RMSE {split['force_rmse_ev_a']:.3f} eV/A, "
+                  f"capture {split['capture']:.2f}")
 
 
 if __name__ == "__main__":

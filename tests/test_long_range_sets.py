@@ -1,0 +1,50 @@
+"""The long-range study's reference sets (benchmarks/long_range/sets.py) are exact."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from allscaip.reference.labels import KJ_PER_EV, SpcfwLabeller
+from allscaip.reference.water import water_box
+
+SETS = Path(__file__).resolve().parent.parent / "benchmarks" / "long_range" / "sets.py"
+
+
+@pytest.fixture(scope="module")
+def sets():
+    spec = importlib.util.spec_from_file_location("long_range_sets", SETS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_near_field_with_everything_in_range_is_the_reference(sets):
+    """A 5-water cluster (bare Coulomb + LJ, no cutoff): the near field with a cutoff beyond
+    every pair is the whole force, so the far field vanishes; with a short cutoff it does not."""
+    box = water_box(5, density=0.5, seed=3)
+    frame = SpcfwLabeller(platform="Reference").label(box.numbers, box.positions, None)
+    near = sets.near_forces(frame, 100.0)
+    assert np.abs(near - frame.forces).max() < 1e-6 * np.abs(frame.forces).max() + 1e-7
+    assert np.abs(frame.forces - sets.near_forces(frame, 3.0)).max() > 1e-3
+
+
+def test_dimer_curves_match_the_reference_potential_numbers(sets):
+    """REFERENCE-POTENTIAL.md: aligned -2.48 and side-by-side +1.85 kJ/mol at 6 A (the
+    monomers sit at the SPC/Fw minimum, so the dimer energy is the interaction energy)."""
+    index = sets.SEPARATIONS.index(6.0)
+    aligned = sets.dimer_curve("aligned")[index].energy * KJ_PER_EV
+    side = sets.dimer_curve("side")[index].energy * KJ_PER_EV
+    assert aligned == pytest.approx(-2.48, abs=0.01)
+    assert side == pytest.approx(1.85, abs=0.01)
+
+
+def test_capture_is_one_for_the_reference_and_zero_for_the_near_field(sets):
+    box = water_box(5, density=0.5, seed=4)
+    frame = SpcfwLabeller(platform="Reference").label(box.numbers, box.positions, None)
+    split = [(frame, frame.forces - sets.near_forces(frame, 3.5))]
+    assert sets.far_field_metrics([frame.forces], split, 3.5)["capture"] == pytest.approx(1.0)
+    near_only = sets.far_field_metrics([frame.forces - split[0][1]], split, 3.5)
+    assert near_only["capture"] == pytest.approx(0.0, abs=1e-12)
+    assert near_only["force_rmse_ev_a"] == pytest.approx(near_only["far_field_rms_ev_a"])
