@@ -41,10 +41,14 @@ def test_dimer_curves_match_the_reference_potential_numbers(sets):
 
 
 def test_capture_is_one_for_the_reference_and_zero_for_the_near_field(sets):
-    box = water_box(5, density=0.5, seed=4)
-    frame = SpcfwLabeller(platform="Reference").label(box.numbers, box.positions, None)
-    split = [(frame, frame.forces - sets.near_forces(frame, 3.5))]
-    assert sets.far_field_metrics([frame.forces], split, 3.5)["capture"] == pytest.approx(1.0)
-    near_only = sets.far_field_metrics([frame.forces - split[0][1]], split, 3.5)
+    labeller = SpcfwLabeller(platform="Reference")
+    frames = [labeller.label(box.numbers, box.positions, None)
+              for box in (water_box(5, density=0.5, seed=seed) for seed in (4, 5, 6))]
+    split = [(frame, frame.forces - sets.near_forces(frame, 3.5)) for frame in frames]
+    exact = sets.far_field_metrics([frame.forces for frame in frames], split, 3.5)
+    assert exact["capture"] == pytest.approx(1.0) and exact["capture_stderr"] < 1e-12
+    near_only = sets.far_field_metrics([frame.forces - far for frame, far in split], split, 3.5)
     assert near_only["capture"] == pytest.approx(0.0, abs=1e-12)
     assert near_only["force_rmse_ev_a"] == pytest.approx(near_only["far_field_rms_ev_a"])
+    half = sets.far_field_metrics([frame.forces - 0.5 * far for frame, far in split], split, 3.5)
+    assert half["capture"] == pytest.approx(0.5)

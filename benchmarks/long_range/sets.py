@@ -7,6 +7,8 @@
    F_near counts only molecules whose oxygens are within ``near_cutoff`` (minimum image) with
    bare Coulomb and Lennard-Jones, plus the intramolecular terms. |F_far| / |F| per atom is
    the long-range share of the force, which a strictly local model cannot see.
+3. Cell vs 2x2x2 supercell of the same periodic liquid: node attention runs over the atoms
+   of the cell, so a model with it can depend on the choice of cell; a local model cannot.
 
     .venv/bin/python benchmarks/long_range/sets.py MODEL.pt [MODEL2.pt ...] --test data/spcfw-test --out DIR
 """
@@ -112,7 +114,8 @@ def model_outputs(model, frame: Frame) -> tuple[float, np.ndarray]:
 def liquid_split(frames: list[Frame], near_cutoff: float, count: int) -> list[tuple[Frame, np.ndarray]]:
     """Up to ``count`` periodic water frames whose half box exceeds the cutoff, with F_far."""
     chosen = [f for f in frames if f.pbc.all() and np.linalg.norm(f.cell, axis=1).min() / 2 > near_cutoff]
-    return [(f, f.forces - near_forces(f, near_cutoff)) for f in chosen[:count]]
+    chosen = chosen[::max(1, len(chosen) // count)][:count]  # spread over runs (boxes, temperatures)
+    return [(f, f.forces - near_forces(f, near_cutoff)) for f in chosen]
 
 
 def far_field_metrics(forces: list[np.ndarray], liquid: list[tuple[Frame, np.ndarray]],
@@ -121,11 +124,20 @@ def far_field_metrics(forces: list[np.ndarray], liquid: list[tuple[Frame, np.nda
 
     capture = sum (F_model - F_near) . F_far / sum |F_far|^2: the regression slope of what the
     model adds beyond the near field onto the true far field (1: all of it; 0: none, for errors
-    uncorrelated with F_far)."""
+    uncorrelated with F_far), with its leave-one-frame-out jackknife standard error."""
+    def capture(keep: list[int]) -> float:
+        added = np.concatenate([forces[k] - liquid[k][0].forces + liquid[k][1] for k in keep])
+        far = np.concatenate([liquid[k][1] for k in keep])
+        return float(np.sum(added * far) / np.sum(far * far))
+
+    frames = list(range(len(liquid)))
+    jackknife = math.nan
+    if len(frames) > 1:
+        leave_one_out = np.array([capture([k for k in frames if k != left]) for left in frames])
+        jackknife = float(np.sqrt((len(frames) - 1) * np.mean((leave_one_out - leave_one_out.mean()) ** 2)))
     model = np.concatenate(forces)
     reference = np.concatenate([f.forces for f, _ in liquid])
     far = np.concatenate([far for _, far in liquid])
-    near = reference - far
     errors = np.linalg.norm(model - reference, axis=1)
     shares = np.linalg.norm(far, axis=1) / np.linalg.norm(reference, axis=1)
     edges = np.quantile(shares, [0, 0.25, 0.5, 0.75, 0.9, 1.0])
@@ -136,7 +148,8 @@ def far_field_metrics(forces: list[np.ndarray], liquid: list[tuple[Frame, np.nda
         "force_rms_ev_a": float(np.sqrt(np.mean(reference**2))),
         "far_field_rms_ev_a": float(np.sqrt(np.mean(far**2))),
         "force_rmse_ev_a": float(np.sqrt(np.mean((model - reference) ** 2))),
-        "capture": float(np.sum((model - near) * far) / np.sum(far * far)),
+        "capture": capture(frames),
+        "capture_stderr": jackknife,  # frame jackknife
         "force_error_by_long_range_share": [
             {"share_from": float(lo), "share_to": float(hi),
              "mean_force_error_ev_a": float(errors[(shares >= lo) & (shares <= hi)].mean())}
@@ -144,8 +157,27 @@ def far_field_metrics(forces: list[np.ndarray], liquid: list[tuple[Frame, np.nda
     }
 
 
+def supercell_consistency(model, frames: list[Frame]) -> dict:
+    """The same periodic system as its cell and as the 2x2x2 supercell: a model that depends only
+    on the periodic structure gives equal energy per atom and equal forces."""
+    energy, forces = [], []
+    for frame in frames:
+        e_cell, f_cell = model_outputs(model, frame)
+        shifts = np.array(list(np.ndindex(2, 2, 2)), dtype=float) @ frame.cell
+        big = Frame(np.tile(frame.numbers, 8), np.concatenate([frame.positions + s for s in shifts]),
+                    2 * frame.cell, frame.pbc, 0.0)
+        e_big, f_big = model_outputs(model, big)
+        energy.append((e_big / 8 - e_cell) / len(frame))
+        forces.append(f_big[:len(frame)] - f_cell)
+    forces = np.concatenate(forces)
+    return {"frames": len(frames), "atoms": len(frames[0]),
+            "max_abs_energy_per_atom_ev": float(np.abs(energy).max()),
+            "force_rms_difference_ev_a": float(np.sqrt(np.mean(forces**2))),
+            "force_max_difference_ev_a": float(np.abs(forces).max())}
+
+
 def evaluate(model_path: Path, curves: dict, splits: list[list[tuple[Frame, np.ndarray]]],
-             cutoffs: list[float]) -> dict:
+             cutoffs: list[float], small_boxes: list[Frame]) -> dict:
     from allscaip.io import load_model
 
     model = load_model(model_path, dtype=torch.float64)
@@ -161,6 +193,7 @@ def evaluate(model_path: Path, curves: dict, splits: list[list[tuple[Frame, np.n
     for liquid, cutoff in zip(splits, cutoffs):
         forces = [model_outputs(model, frame)[1] for frame, _ in liquid]
         result["liquid"].append(far_field_metrics(forces, liquid, cutoff))
+    result["supercell"] = supercell_consistency(model, small_boxes)
     return result
 
 
@@ -179,7 +212,8 @@ def main() -> None:
     for cutoff, split in zip(args.near_cutoffs, splits):
         if not split:
             raise SystemExit(f"no periodic frame in {args.test} has a half box longer than {cutoff} A")
-    results = [evaluate(path, curves, splits, args.near_cutoffs) for path in args.models]
+    small_boxes = [f for f in frames if f.pbc.all() and len(f) == 192][:3]  # 64 waters; 2x2x2 = 1536 atoms
+    results = [evaluate(path, curves, splits, args.near_cutoffs, small_boxes) for path in args.models]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "long_range.json").write_text(json.dumps(results, indent=1))
     print("interaction energy (meV): separation  reference  " + "  ".join(p.parent.name for p in args.models))
@@ -192,7 +226,10 @@ def main() -> None:
         for split in res["liquid"]:
             print(f"{res['model']}: beyond {split['near_cutoff_a']} A ({split['frames']} frames) far RMS "
                   f"{split['far_field_rms_ev_a']:.3f}, force RMSE {split['force_rmse_ev_a']:.3f} eV/A, "
-                  f"capture {split['capture']:.2f}")
+                  f"capture {split['capture']:.3f} ± {split['capture_stderr']:.3f}")
+        cell = res["supercell"]
+        print(f"{res['model']}: cell vs 2x2x2 supercell: max |dE|/atom {cell['max_abs_energy_per_atom_ev']:.1e} eV, "
+              f"rms dF {cell['force_rms_difference_ev_a']:.1e} eV/A")
 
 
 if __name__ == "__main__":
