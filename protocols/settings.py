@@ -20,7 +20,7 @@ QUICK = {"n_molecules": 64, "hydrogen_mass": 4.0, "timestep": 1.5, "equilibratio
          "report_interval": 100}
 # Lengths and tolerances may change when a run is resumed (to extend it); nothing else may.
 EXTENDABLE = ("production", "gas_production", "density_tolerance", "hvap_tolerance",
-              "max_production")
+              "max_production", "replicas")
 
 
 @dataclass
@@ -119,7 +119,9 @@ def merge_resumed(saved: ProtocolSettings, given: dict) -> ProtocolSettings:
     for key, value in given.items():
         if value is None or key not in values or key in ("quick", "command"):
             continue
-        if key in EXTENDABLE or key == "out":
+        if key == "replicas" and value < values[key]:
+            conflicts.append(f"--replicas {value} (the run has {values[key]}; replicas can be added, not dropped)")
+        elif key in EXTENDABLE or key == "out":
             values[key] = value
         elif key == "hydrogen_mass" and value == 0 and values[key] is None:
             continue

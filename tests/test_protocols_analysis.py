@@ -78,6 +78,9 @@ def test_settings_quick_preset_and_explicit_options():
     assert merge_resumed(saved, {"production": 500.0, "out": "o"}).production == 500.0
     with pytest.raises(ValueError, match="--temperature 350"):
         merge_resumed(saved, {"temperature": 350.0})
+    assert merge_resumed(saved, {"replicas": 3}).replicas == 3  # new replicas: seed + k as usual
+    with pytest.raises(ValueError, match="can be added, not dropped"):
+        merge_resumed(merge_resumed(saved, {"replicas": 3}), {"replicas": 2})
 
 
 def test_reference_data_complete_with_sources():

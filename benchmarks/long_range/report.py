@@ -59,6 +59,7 @@ def collect(models: dict[str, Path], protocols: dict[str, Path], sets: list[dict
             "run": str(run), "parameters": entry["parameters"], "epochs": training["epochs"],
             "steps": training["steps"], "test": training["sets"]["test"],
             "dimer": entry["dimer"], "liquid": entry["liquid"], "supercell": entry["supercell"],
+            "separated": entry["separated"],
             "protocol": protocol_summary(load_json(protocol_dir / "report.json"))
             if (protocol_dir / "report.json").exists() else None}
     return study
@@ -152,6 +153,11 @@ def markdown(study: dict, plots: list[str]) -> str:
             values = " | ".join(f"{1e3 * models[n]['liquid'][index]['force_error_by_long_range_share'][b]['mean_force_error_ev_a']:.1f}"
                                 for n in names)
             lines.append(f"| {split['near_cutoff_a']:g} A | {bin_['share_from']:.3f}-{bin_['share_to']:.3f} | {values} |")
+    lines += ["", "## Monomers far apart: E(n monomers) - n E(monomer) (meV; the reference is ~0)", "",
+              "| monomers | spacing (A) | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for k, row in enumerate(models[names[0]]["separated"]):
+        values = " | ".join(f"{1e3 * models[n]['separated'][k]['excess_ev']:.2f}" for n in names)
+        lines.append(f"| {row['monomers']} | {row['spacing']:g} | {values} |")
     cell = models[names[0]]["supercell"]
     lines += ["", f"## The same periodic liquid as its cell and as the 2x2x2 supercell ({cell['frames']} frames, "
               f"{cell['atoms']} atoms per cell)", "",

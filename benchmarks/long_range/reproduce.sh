@@ -4,7 +4,8 @@
 # rerunning after an interruption loses nothing.
 #
 #   bash benchmarks/long_range/reproduce.sh
-#   DEFAULT_RUN=models/allscaip-spcfw-water bash benchmarks/long_range/reproduce.sh   # reuse the shipped model
+#   DEFAULT_RUN=models/allscaip-spcfw-water LOCAL_RUN=benchmarks/long_range/local-only \
+#       bash benchmarks/long_range/reproduce.sh     # reuse both trained models (what results/ used)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 make -s .venv/.installed-stamp

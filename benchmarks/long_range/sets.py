@@ -9,6 +9,7 @@
    the long-range share of the force, which a strictly local model cannot see.
 3. Cell vs 2x2x2 supercell of the same periodic liquid: node attention runs over the atoms
    of the cell, so a model with it can depend on the choice of cell; a local model cannot.
+4. Monomers 30 A and 100 A apart: E(n) - n E(1) should vanish (additivity over fragments).
 
     .venv/bin/python benchmarks/long_range/sets.py MODEL.pt [MODEL2.pt ...] --test data/spcfw-test --out DIR
 """
@@ -176,6 +177,22 @@ def supercell_consistency(model, frames: list[Frame]) -> dict:
             "force_max_difference_ev_a": float(np.abs(forces).max())}
 
 
+def separated_monomers(model, spacing: float, counts=(2, 3, 4)) -> list[dict]:
+    """E(n identical monomers ``spacing`` A apart on a line) - n E(monomer): zero for any
+    model whose energy is additive over fragments that do not interact (reference: the
+    electrostatic tail, below 0.1 meV at 30 A)."""
+    molecule = oriented_water(np.array([1.0, 0.0, 0.0]))
+    single = Frame(np.array([8, 1, 1]), molecule, np.zeros((3, 3)), np.zeros(3, bool), 0.0)
+    e_monomer = model_outputs(model, single)[0]
+    rows = []
+    for count in counts:
+        positions = np.concatenate([molecule + [0.0, k * spacing, 0.0] for k in range(count)])
+        frame = Frame(np.tile([8, 1, 1], count), positions, np.zeros((3, 3)), np.zeros(3, bool), 0.0)
+        rows.append({"monomers": count, "spacing": spacing,
+                     "excess_ev": model_outputs(model, frame)[0] - count * e_monomer})
+    return rows
+
+
 def evaluate(model_path: Path, curves: dict, splits: list[list[tuple[Frame, np.ndarray]]],
              cutoffs: list[float], small_boxes: list[Frame]) -> dict:
     from allscaip.io import load_model
@@ -194,6 +211,7 @@ def evaluate(model_path: Path, curves: dict, splits: list[list[tuple[Frame, np.n
         forces = [model_outputs(model, frame)[1] for frame, _ in liquid]
         result["liquid"].append(far_field_metrics(forces, liquid, cutoff))
     result["supercell"] = supercell_consistency(model, small_boxes)
+    result["separated"] = separated_monomers(model, 30.0) + separated_monomers(model, 100.0)
     return result
 
 
@@ -227,6 +245,8 @@ def main() -> None:
             print(f"{res['model']}: beyond {split['near_cutoff_a']} A ({split['frames']} frames) far RMS "
                   f"{split['far_field_rms_ev_a']:.3f}, force RMSE {split['force_rmse_ev_a']:.3f} eV/A, "
                   f"capture {split['capture']:.3f} ± {split['capture_stderr']:.3f}")
+        print(f"{res['model']}: E(n monomers far apart) - n E(monomer), meV: " + ", ".join(
+            f"n={row['monomers']} at {row['spacing']:g} A {1e3 * row['excess_ev']:.2f}" for row in res["separated"]))
         cell = res["supercell"]
         print(f"{res['model']}: cell vs 2x2x2 supercell: max |dE|/atom {cell['max_abs_energy_per_atom_ev']:.1e} eV, "
               f"rms dF {cell['force_rms_difference_ev_a']:.1e} eV/A")
