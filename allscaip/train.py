@@ -239,6 +239,7 @@ class Trainer:
     def save_model(self, path: Path, metrics: dict) -> None:
         model = self.ema_model()
         metadata = {"source": "allscaip train", "epoch": self.epoch, "validation": metrics,
+                    "elements": sorted({int(z) for frame in self.train_raw for z in frame.numbers}),
                     "training_config": self.config.to_dict()}
         save_model(model, model.config, path, metadata)
 

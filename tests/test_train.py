@@ -60,7 +60,9 @@ def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_
     assert (tmp_path / "results.md").read_text().startswith("| set |")
     assert set(results["sets"]) == {"train (first 200)", "validation", "test"}
     model = load_model(tmp_path / "model.pt")
-    assert model.config.smooth_node_order and read_model_file(tmp_path / "model.pt")["metadata"]["source"] == "allscaip train"
+    metadata = read_model_file(tmp_path / "model.pt")["metadata"]
+    assert model.config.smooth_node_order and metadata["source"] == "allscaip train"
+    assert metadata["elements"] == [1, 8]  # what the protocols' element check reads
     # element references from least squares: O and H carry most of the energy scale
     assert model.element_references[[1, 8]].abs().min() > 0
 
