@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROTOCOL_KEYS = ("n_molecules", "temperature", "pressure", "timestep", "hydrogen_mass", "equilibration",
-                 "production", "gas_equilibration", "gas_production", "replicas", "seed", "precision")
+                 "production", "gas_equilibration", "gas_production", "seed", "precision")
 
 
 def named_paths(items: list[str]) -> dict[str, Path]:
@@ -43,6 +43,9 @@ def protocol_summary(report: dict) -> dict:
             "u_liq_per_molecule": terms["u_liq_per_molecule"], "u_gas": terms["u_gas"],
             "n_molecules": report["n_molecules"], "ns_per_day": report["ns_per_day"],
             "t_equil_ps": report["t_equil_ps"], "settings": report["settings"],
+            "replicas": report["density_g_cm3"]["n_replicas"],
+            "replica_means": {key: [r["mean"] for r in report[key]["replicas"]]
+                              for key in ("density_g_cm3", "hvap_kj_mol")},
             "reference_models": report["reference_models"], "experiment": report["experiment"]}
 
 
@@ -95,14 +98,18 @@ def plot(study: dict, out: Path) -> list[str]:
     splits = first["liquid"]
     figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.8), squeeze=False)
     for axis, index in zip(axes[0], range(len(splits))):
+        bins = splits[index]["force_error_by_long_range_share"]
+        width = 0.8 / len(names)
         for k, name in enumerate(names):
-            bins = study["models"][name]["liquid"][index]["force_error_by_long_range_share"]
-            centres = [(b["share_from"] + b["share_to"]) / 2 for b in bins]
-            axis.plot(centres, [1e3 * b["mean_force_error_ev_a"] for b in bins], f"C{k}-o", label=name)
-        axis.set_xlabel(f"|F_far| / |F| (far field: beyond {splits[index]['near_cutoff_a']:g} A)")
+            errors = [1e3 * b["mean_force_error_ev_a"]
+                      for b in study["models"][name]["liquid"][index]["force_error_by_long_range_share"]]
+            axis.bar([b + (k - (len(names) - 1) / 2) * width for b in range(len(bins))], errors, width,
+                     color=f"C{k}", label=name)
+        axis.set_xticks(range(len(bins)), [f"{b['share_from']:.2f}-{b['share_to']:.2f}" for b in bins], fontsize=8)
+        axis.set_xlabel(f"|F_far| / |F| per atom, quantile bins (far field: beyond {splits[index]['near_cutoff_a']:g} A)")
         axis.set_ylabel("mean |F_model - F_ref| (meV/A)")
-        axis.set_title(f"liquid test frames ({splits[index]['frames']}), per-atom quantile bins")
-        axis.legend(fontsize=8)
+        axis.set_title(f"{splits[index]['frames']} liquid test frames, far field beyond {splits[index]['near_cutoff_a']:g} A")
+        axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(out / "force_error_vs_far_field.png", dpi=110)
     plt.close(figure)
@@ -171,16 +178,20 @@ def markdown(study: dict, plots: list[str]) -> str:
     if with_protocol:
         reference = models[with_protocol[0]]["protocol"]["reference_models"][0]
         experiment = models[with_protocol[0]]["protocol"]["experiment"]
-        lines += ["| model | density (g/cm3) | ΔHvap (kJ/mol) | U_liq/N (kJ/mol) | U_gas (kJ/mol) | liquid ns/day |",
+        lines += ["| model | density (g/cm3) | ΔHvap (kJ/mol) | U_liq/N (kJ/mol) | U_gas (kJ/mol) | replicas |",
                   "|---|---|---|---|---|---|"]
         for name in with_protocol:
             p = models[name]["protocol"]
             lines.append(f"| {name} | {p['density_g_cm3']:.4f} ± {p['density_stderr']:.4f} | {p['hvap_kj_mol']:.2f} ± "
                          f"{p['hvap_stderr']:.2f} | {p['u_liq_per_molecule']:.2f} | {p['u_gas']:.2f} | "
-                         f"{p['ns_per_day']['liquid']:.2f} |")
+                         f"{p['replicas']} |")
         lines += [f"| {reference['model']} | {reference['density_g_cm3']:.4f} ± {reference['density_stderr']:.4f} | "
                   f"{reference['hvap_kj_mol']:.2f} ± {reference['hvap_stderr']:.2f} | | | |",
-                  f"| experiment | {experiment['density_g_cm3']:.4f} | {experiment['hvap_kj_mol']:.2f} | | | |", ""]
+                  f"| experiment | {experiment['density_g_cm3']:.4f} | {experiment['hvap_kj_mol']:.2f} | | | |", "",
+                  "Per replica (density; ΔHvap): " + "; ".join(
+                      f"{name}: " + ", ".join(f"{d:.4f}" for d in models[name]["protocol"]["replica_means"]["density_g_cm3"])
+                      + " g/cm3; " + ", ".join(f"{h:.2f}" for h in models[name]["protocol"]["replica_means"]["hvap_kj_mol"])
+                      + " kJ/mol" for name in with_protocol) + ".", ""]
         s = models[with_protocol[0]]["protocol"]["settings"]
         lines.append("Protocol settings: " + ", ".join(f"{key} {s[key]}" for key in PROTOCOL_KEYS if key in s)
                      + " (ps, fs, amu, K, bar).")
