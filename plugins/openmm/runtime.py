@@ -7,6 +7,8 @@ dependencies, so torch must be imported first. Its binaries match torch 2.9.1 on
 
 from __future__ import annotations
 
+import logging
+
 REQUIRED_TORCH = "2.9.1"
 REQUIRED_OPENMM = "8.6.1"
 REQUIRED_OPENMMTORCH = "1.5"
@@ -19,7 +21,15 @@ def import_openmmtorch():
     torch_version = torch.__version__.split("+")[0]
     try:
         import openmm
-        import openmmtorch
+
+        # openmmtorch 1.5 imports the deprecated simtk shim, which logs a warning the user
+        # cannot act on; silence it for this import only.
+        disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            import openmmtorch
+        finally:
+            logging.disable(disabled)
     except ImportError as exc:
         raise ImportError(
             f"openmm-torch could not be loaded ({exc}). It needs torch=={REQUIRED_TORCH} "
