@@ -49,6 +49,15 @@ def frame_tensors(frame: Frame, dtype: torch.dtype = torch.float64) -> FrameTens
         forces=tensor(frame.forces), stress=tensor(frame.stress) if frame.pbc.all() else None)
 
 
+def frame_on(frame: FrameTensors, device: torch.device | str) -> FrameTensors:
+    """The frame's tensors on ``device`` (the same object when they are there already)."""
+    if frame.positions.device == torch.device(device):
+        return frame
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return FrameTensors(move(frame.positions), move(frame.numbers), move(frame.cell), move(frame.pbc),
+                        move(frame.charge), move(frame.spin), frame.energy, move(frame.forces), move(frame.stress))
+
+
 def predict(model: AllScAIP, frame: FrameTensors, with_stress: bool):
     """Energy (eV, float64 tensor), forces (eV/A) and stress (eV/A^3 or None)."""
     with_stress = with_stress and frame.stress is not None and not model.direct_forces
@@ -61,15 +70,17 @@ def predict(model: AllScAIP, frame: FrameTensors, with_stress: bool):
 def error_metrics(model: AllScAIP, frames: list[FrameTensors]) -> dict:
     """Errors of ``model`` on ``frames`` (no gradients kept)."""
     energy_errors, force_errors, force_labels, stress_errors, stress_labels = [], [], [], [], []
+    device = next(model.parameters()).device
     for frame in frames:
+        frame = frame_on(frame, device)
         energy, forces, stress = predict(model, frame, with_stress=True)
         energy_errors.append((float(energy.detach()) - frame.energy) / frame.n_atoms)
         if frame.forces is not None:
-            force_errors.append((forces.detach() - frame.forces).flatten().double().numpy())
-            force_labels.append(frame.forces.flatten().double().numpy())
+            force_errors.append((forces.detach() - frame.forces).flatten().double().cpu().numpy())
+            force_labels.append(frame.forces.flatten().double().cpu().numpy())
         if stress is not None:
-            stress_errors.append((stress.detach() - frame.stress).flatten().double().numpy())
-            stress_labels.append(frame.stress.flatten().double().numpy())
+            stress_errors.append((stress.detach() - frame.stress).flatten().double().cpu().numpy())
+            stress_labels.append(frame.stress.flatten().double().cpu().numpy())
     metrics = {"frames": len(frames)}
     if not frames:
         return metrics

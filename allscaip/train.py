@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 import torch.distributed as dist
 
 from allscaip.config import ModelConfig
 from allscaip.data import Frame, batches, read_frames, split_indices
-from allscaip.evaluate import FrameTensors, error_metrics, frame_tensors, metrics_table, predict
+from allscaip.evaluate import FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table, predict
 from allscaip.io import load_model, save_model
 from allscaip.model import AllScAIP
 from allscaip.train_config import TrainConfig
@@ -74,6 +75,7 @@ class Trainer:
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.progress = progress and self.rank == 0
         self.dtype = getattr(torch, config.dtype)
+        self.device = training_device(config.device)
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         self._load_data()
@@ -120,7 +122,7 @@ class Trainer:
         residuals = [(f.energy - float(model.element_references[f.numbers].sum())) / f.n_atoms
                      for f in self.train_frames]
         self.energy_variance = max(float(np.var(residuals)), 1e-12)
-        return model.train()
+        return model.to(self.device).train()
 
     # ----------------------------------------------------------------- optimisation
     def learning_rate(self, step: int) -> float:
@@ -138,10 +140,13 @@ class Trainer:
         n_frames = len(batch)
         n_force = sum(3 * f.n_atoms for f in batch if f.forces is not None)
         n_stress = sum(9 for f in batch if f.stress is not None and not self.model.direct_forces)
-        energy_sum = force_sum = stress_sum = torch.zeros((), dtype=torch.float64)
+        energy_sum = force_sum = stress_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for index in range(self.rank, len(batch), self.world):
-            frame = batch[index] if rotations[index] is None else rotate(batch[index], rotations[index])
-            energy, forces, stress = predict(self.model, frame, with_stress=weights.stress > 0)
+            frame = frame_on(batch[index], self.device)
+            if rotations[index] is not None:
+                frame = rotate(frame, rotations[index].to(self.device))
+            with sdpa_kernel([SDPBackend.MATH]):  # the fused CUDA kernels have no double backward
+                energy, forces, stress = predict(self.model, frame, with_stress=weights.stress > 0)
             energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2
             if frame.forces is not None:
                 force_sum = force_sum + (forces - frame.forces).square().sum().double()
@@ -171,7 +176,7 @@ class Trainer:
             if loss.requires_grad:  # a rank may hold no frame of a small batch
                 loss.backward()
             parts = self._all_reduce(torch.tensor([float(loss.detach())] + [terms[k] for k in ("energy", "forces", "stress")],
-                                                  dtype=torch.float64))
+                                                  dtype=torch.float64, device=self.device)).cpu()
             self._all_reduce_gradients()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), optim.grad_clip)
             self.optimizer.step()
@@ -205,7 +210,7 @@ class Trainer:
         """A copy of the model carrying the EMA weights, in evaluation mode."""
         model = AllScAIP(self.model.config, self.model.energy_scale, self.model.energy_shift,
                          self.model.force_scale, self.model.stress_scale,
-                         self.model.element_references.clone()).to(self.dtype)
+                         self.model.element_references.detach().cpu().clone()).to(self.dtype)
         state = dict(self.model.state_dict())
         state.update(self.ema)
         model.load_state_dict(state)
@@ -227,7 +232,7 @@ class Trainer:
         path = self.output / "checkpoint.pt"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)
         if state["config"] != self.config.to_dict():
             raise ValueError(f"--resume: {path} was written with a different training config")
         self.model.load_state_dict(state["model"])
@@ -261,7 +266,8 @@ class Trainer:
             totals = self.train_epoch()
             self.epoch += 1
             if self.rank == 0:
-                metrics = error_metrics(self.ema_model(), self.validation_frames) if self.validation_frames else {}
+                metrics = (error_metrics(self.ema_model().to(self.device), self.validation_frames)
+                           if self.validation_frames else {})
                 validation = self.validation_loss(metrics) if metrics else totals["loss"]
                 record = {"epoch": self.epoch, "step": self.step, "lr": self.learning_rate(self.step),
                           "train_loss": totals["loss"], "validation_loss": validation,
@@ -317,16 +323,26 @@ def frame_tensors_like(frame: FrameTensors) -> FrameTensors:
                         frame.spin, frame.energy, cast(frame.forces), cast(frame.stress))
 
 
-def init_distributed() -> bool:
+def training_device(name: str) -> torch.device:
+    """``cpu``, or this rank's GPU for ``cuda`` (LOCAL_RANK under torchrun)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device: cuda, but torch sees no CUDA device here; use device: cpu "
+                           "or a CUDA build of torch on a GPU machine")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(device: str) -> bool:
     """Join the torchrun process group if this process was started by torchrun."""
     if "RANK" not in os.environ or dist.is_initialized():
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
     return True
 
 
 def train(config: TrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    started_group = init_distributed()
+    started_group = init_distributed(config.device)
     try:
         trainer = Trainer(config, output, progress=progress)
         if resume:

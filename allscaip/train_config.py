@@ -60,6 +60,7 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # or "cuda" (under torchrun: each rank's local GPU)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +97,8 @@ def config_from_dict(values: dict) -> TrainConfig:
         raise ValueError("data.train must name a data folder, .npz shard or extended XYZ file")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, not {config.dtype!r}")
+    if config.device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, not {config.device!r}")
     if not config.model and not config.init_from:
         raise ValueError("give a 'model' section (architecture) or 'init_from' (a model file)")
     return config

@@ -139,3 +139,13 @@ def test_config_errors_are_clear(tmp_path):
         config_from_dict({"data": {"train": "x"}})
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "device": "gpu"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_training_without_a_gpu_says_so():
+    from allscaip.train import training_device
+
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        training_device("cuda")
