@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -145,7 +146,7 @@ class Trainer:
             frame = frame_on(batch[index], self.device)
             if rotations[index] is not None:
                 frame = rotate(frame, rotations[index].to(self.device))
-            with sdpa_kernel([SDPBackend.MATH]):  # the fused CUDA kernels have no double backward
+            with self.attention_kernels():
                 energy, forces, stress = predict(self.model, frame, with_stress=weights.stress > 0)
             energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2
             if frame.forces is not None:
@@ -157,6 +158,11 @@ class Trainer:
                  "stress": stress_sum / max(n_stress, 1) / self.stress_variance}
         loss = weights.energy * terms["energy"] + weights.forces * terms["forces"] + weights.stress * terms["stress"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+    def attention_kernels(self):
+        """On CUDA, the math attention kernel: the fused ones have no double backward (force
+        training needs it). The CPU keeps its default choice."""
+        return sdpa_kernel([SDPBackend.MATH]) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def train_epoch(self) -> dict:
         from tqdm import tqdm

@@ -18,7 +18,8 @@ ENGINES = ("openmm", "lammps")
 QUICK = {"n_molecules": 64, "hydrogen_mass": 4.0, "timestep": 1.5, "equilibration": 1.0,
          "production": 4.0, "gas_equilibration": 1.0, "gas_production": 8.0, "replicas": 1,
          "report_interval": 100}
-# Lengths and tolerances may change when a run is resumed (to extend it); nothing else may.
+# Lengths, tolerances and the replica count may change when a run is resumed (to extend it);
+# nothing else may.
 EXTENDABLE = ("production", "gas_production", "density_tolerance", "hvap_tolerance",
               "max_production", "replicas")
 
