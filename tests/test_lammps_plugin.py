@@ -4,6 +4,7 @@ calculator and finite differences, dynamics, minimisation, MPI, error messages."
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,31 +157,44 @@ unfix integrate
     lmp.close()
 
 
-def test_mpi_two_ranks_equal_serial(model_file, tmp_path):
-    atoms = triclinic_water()
-    data = data_file(atoms, tmp_path)
+def thermo_rows(log) -> np.ndarray:
+    """All numeric thermo rows of a LAMMPS log."""
+    return np.array([[float(v) for v in line.split()] for line in log.read_text().splitlines()
+                     if re.match(r"^\s+\d+\s+-?\d", line)])
+
+
+def test_mpi_two_ranks_equal_serial_pressure_tensor_and_npt_box(model_file, tmp_path):
+    """Energy, all six pressure components and the NPT box of `mpirun -np 2` equal serial.
+
+    Fails if only one rank reports the fix's virial (LAMMPS averages it over ranks: half the
+    pressure) or energy (ranks disagree on the energy minimize uses)."""
+    data = data_file(triclinic_water(), tmp_path)
     text = deck(model_file, data, "metal", """
-velocity all create 100 77 dist gaussian
-fix integrate all nve
-timestep 0.00025
-thermo 10
+thermo_style custom step pe press pxx pyy pzz pxy pxz pyz lx ly lz xy xz yz
 thermo_modify format float %20.12f
+run 0
+minimize 0 1e-6 5 50
+velocity all create 300 77 dist gaussian
+fix baro all npt temp 300 300 0.05 tri 1.0 1.0 0.1
+timestep 0.0005
+thermo 10
 run 20
 """)
     (tmp_path / "in.deck").write_text(text)
 
-    def final_pe(command, name):
+    def rows(command, name):
         subprocess.run(command + ["-m", "allscaip.cli", "lammps", "-in", str(tmp_path / "in.deck"),
                                   "-log", str(tmp_path / name), "-screen", "none"],
                        check=True, capture_output=True, text=True, timeout=600)
-        rows = [line.split() for line in (tmp_path / name).read_text().splitlines()
-                if re.match(r"^\s+20\s", line)]
-        return float(rows[-1][1])
+        return thermo_rows(tmp_path / name)
 
-    mpirun = str(__import__("pathlib").Path(sys.executable).parent / "mpirun")
-    serial = final_pe([sys.executable], "serial.log")
-    parallel = final_pe([mpirun, "-np", "2", sys.executable], "mpi.log")
-    assert parallel == pytest.approx(serial, abs=1e-8)
+    mpirun = str(Path(sys.executable).parent / "mpirun")
+    serial = rows([sys.executable], "serial.log")
+    parallel = rows([mpirun, "-np", "2", sys.executable], "mpi.log")
+    assert serial.shape == parallel.shape and len(serial) >= 5
+    np.testing.assert_allclose(parallel, serial, rtol=1e-8, atol=1e-6)
+    assert np.abs(serial[0, 3:9]).max() > 1000  # the random model's stresses are large
+    assert np.ptp(serial[:, 9:], axis=0).max() > 1e-3  # the barostat moved the box
 
 
 def test_lammps_energy_equals_openmm(model_file, tmp_path):

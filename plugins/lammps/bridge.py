@@ -7,7 +7,10 @@ hands LAMMPS the forces of its local atoms, the energy and the global virial
 
 Under MPI every rank gathers the full system (an allgather by atom ID), rank 0 evaluates the
 model once and broadcasts energy, virial and forces (mpi4py), and each rank keeps its own
-atoms' forces; energy and virial are reported by rank 0 only, since fix external sums them.
+atoms' forces. Every rank reports the *whole* energy and virial: fix external's energy is
+per-rank global (not summed; minimize uses it on every rank), and LAMMPS averages the global
+virial of this fix over ranks (measured: rank 0 alone gives half the pressure under
+``mpirun -np 2``).
 """
 
 from __future__ import annotations
@@ -150,10 +153,8 @@ class AllScAIPBridge:
         else:
             energy, forces, virial = self.evaluate_on_rank_zero(positions, types)
         f[:] = forces[np.asarray(tag) - 1]
-        lead = self.rank == 0
-        lmp.fix_external_set_energy_global(self.settings.fix_id, energy if lead else 0.0)
-        lmp.fix_external_set_virial_global(self.settings.fix_id,
-                                           virial_voigt(virial) if lead else [0.0] * 6)
+        lmp.fix_external_set_energy_global(self.settings.fix_id, energy)
+        lmp.fix_external_set_virial_global(self.settings.fix_id, virial_voigt(virial))
 
 
 def attach(lmp, model: str | Path, elements: list[str], *, charge: int = 0, spin: int = 1,
