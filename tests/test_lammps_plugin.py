@@ -244,3 +244,20 @@ def test_cli_reports_lammps_errors_without_a_traceback(model_file, tmp_path):
                              "-screen", "none"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "Unknown command" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("keywords, expected", [("block 7", "node attention in query blocks of 7"),
+                                                 ("block 0", "dense node attention")])
+def test_deck_block_keyword_reaches_the_model(model_file, tmp_path, keywords, expected):
+    """`pair_style allscaip MODEL block N` sets the model's query block (printed at start), and
+    the blocked evaluation gives the dense energy."""
+    text = deck(model_file, data_file(triclinic_water(), tmp_path), "metal",
+                "thermo_modify format float %20.12f\nrun 0").replace(
+        f"pair_style allscaip {model_file}", f"pair_style allscaip {model_file} {keywords}")
+    (tmp_path / "in.deck").write_text(text)
+    result = subprocess.run([sys.executable, "-m", "allscaip.cli", "lammps", "-in", str(tmp_path / "in.deck"),
+                             "-log", str(tmp_path / "log"), "-screen", "none"],
+                            check=True, capture_output=True, text=True, timeout=300)
+    assert expected in result.stdout
+    energy, _, _ = ase_reference(model_file, triclinic_water())
+    assert thermo_rows(tmp_path / "log")[0, 1] == pytest.approx(energy, rel=1e-10)

@@ -106,7 +106,10 @@ class AllScAIPBridge:
     def mapping_table(self) -> str:
         rows = [f"  type {t} -> {e} (Z={z})" for t, (e, z) in
                 enumerate(zip(self.settings.elements, self.type_numbers[1:]), start=1)]
-        return (f"allscaip: {self.settings.model}, {self.threads} torch thread(s) per rank\n"
+        block = self.model.backbone.block_size
+        attention = f"node attention in query blocks of {block}" if block else "dense node attention"
+        return (f"allscaip: {self.settings.model}, {self.settings.dtype} on {self.device}, {attention}, "
+                f"{self.threads} torch thread(s) per rank\n"
                 "allscaip: atom type -> element\n" + "\n".join(rows))
 
     def evaluate(self, positions: np.ndarray, types: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -167,7 +170,13 @@ def attach(lmp, model: str | Path, elements: list[str], *, charge: int = 0, spin
     ``device``: cpu or cuda; ``block``: node attention query block (0: dense).
     """
     settings = BridgeSettings(str(model), list(elements), charge, spin, dtype, device, threads, fix_id, block)
+    return attach_settings(lmp, settings, verbose=verbose)
+
+
+def attach_settings(lmp, settings: BridgeSettings, verbose: bool = True) -> AllScAIPBridge:
+    """``attach`` with every option in one ``BridgeSettings`` (as parsed from a deck)."""
     bridge = AllScAIPBridge(lmp, settings)
+    fix_id = settings.fix_id
     cutoff = bridge.model.config.max_radius
     lmp.commands_list([f"pair_style zero {cutoff}", "pair_coeff * *",
                        f"fix {fix_id} all external pf/callback 1 1",

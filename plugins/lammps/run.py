@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from allscaip.plugins.lammps.bridge import attach
+from allscaip.plugins.lammps.bridge import attach_settings
 from allscaip.plugins.lammps.deck import split_deck
 from allscaip.plugins.lammps.runtime import import_lammps
 
@@ -28,9 +28,7 @@ def run_deck(deck: str | Path, variables: dict[str, str] | None = None, log: str
     try:
         lmp.commands_list(split.before)
         if split.settings is not None:
-            s = split.settings
-            attach(lmp, s.model, s.elements, charge=s.charge, spin=s.spin, dtype=s.dtype,
-                   device=s.device, threads=s.threads, fix_id=s.fix_id)
+            attach_settings(lmp, split.settings)
             lmp.commands_list(split.after)
     finally:
         lmp.close()
