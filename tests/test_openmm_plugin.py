@@ -4,6 +4,7 @@ calculator, periodic images, ML/MM through openmm-ml, serialization, NVE, NPT.""
 import numpy as np
 import openmm
 import pytest
+import torch
 from ase import Atoms
 from openmm import app, unit
 
@@ -109,6 +110,38 @@ def test_openmm_ml_mixed_system_interpolates_between_mm_and_ml(model_file):
     assert energy_at(1.0) == pytest.approx(ml_sub + mm_full - mm_sub, abs=1e-5)
     half = energy_at(0.5)
     assert half == pytest.approx(0.5 * (energy_at(0.0) + energy_at(1.0)), abs=1e-5)
+
+
+def test_openmm_ml_device_and_block_size_reach_the_model(model_file, monkeypatch):
+    """MLPotential("allscaip", ...) takes openmm-ml's ``device`` and our node-attention block."""
+    from openmmml import MLPotential
+
+    from allscaip.plugins.openmm import pythonforce
+
+    built = []
+
+    class Recorded(pythonforce.AllScAIPComputation):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(pythonforce, "AllScAIPComputation", Recorded)
+
+    topology, positions = water_topology()
+    potential = MLPotential("allscaip", modelPath=str(model_file))
+    system = potential.createSystem(topology, backend="python", precision="double", device="cpu",
+                                    nodeAttentionBlockSize=5)
+    computation = built[-1]
+    assert computation.device == torch.device("cpu")
+    assert computation.model.backbone.block_size == 5
+    dense = potential.createSystem(topology, backend="python", precision="double", nodeAttentionBlockSize=0)
+    assert built[-1].model.backbone.block_size == 0
+    assert evaluate(system, positions)[0] == pytest.approx(evaluate(dense, positions)[0], abs=1e-7)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' asked for, but torch sees no GPU"):
+            potential.createSystem(topology, device="cuda")
+    with pytest.raises(ValueError, match="bad device 'gpu0'"):
+        potential.createSystem(topology, device="gpu0")
 
 
 def test_pure_ml_system_defines_molecules_for_the_barostat(model_file):
