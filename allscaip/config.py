@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
 SUPPORTED_ACTIVATIONS = ("gelu",)
 SUPPORTED_NORMALIZATIONS = ("rmsnorm",)
+
+
+def check_keys(values: Iterable[str], known: Iterable[str], where: str) -> None:
+    """Refuse keys that are not ``known``, naming each and the closest valid key (typos in a
+    config file would otherwise silently fall back to a default)."""
+    known = sorted(known)
+    unknown = sorted(set(values) - set(known))
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: "
+                     f"{', '.join(described)}; valid keys: {', '.join(known)}")
 
 
 @dataclass
@@ -93,7 +110,11 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        """Build from a dict; keys that are not fields are ignored (as fairchem does)."""
+    def from_dict(cls, values: dict, where: str = "the model configuration",
+                  ignore: Iterable[str] = ()) -> "ModelConfig":
+        """Build from a dict. Every key must be a field, except those in ``ignore`` (a fairchem
+        checkpoint's own run-time keys); anything else is an error naming the closest field."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        ignore = set(ignore)
+        check_keys(set(values) - ignore, names, where)
+        return cls(**{k: v for k, v in values.items() if k not in ignore})

@@ -20,7 +20,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from allscaip.io import file_sha256, load_model
+from allscaip.io import ModelFileError, describe_unreadable, file_sha256, load_model
 from allscaip.model import AllScAIP
 
 METADATA_FILE = "metadata.json"
@@ -84,6 +84,16 @@ def export_model(model_path: str | Path, output: str | Path,
 
 def load_exported(path: str | Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
     """Load an exported archive (onto ``device``, e.g. "cuda") and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"TorchScript archive {path} does not exist")
     extra = {METADATA_FILE: ""}
-    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError / ValueError for foreign files
+        raise ModelFileError(f"{path} is not a TorchScript archive ({describe_unreadable(path)}); "
+                             "make one with `allscaip export MODEL.pt -o MODEL.ts`") from exc
+    if not extra[METADATA_FILE]:
+        raise ModelFileError(f"{path} is a TorchScript archive without allscaip metadata; "
+                             "make one with `allscaip export MODEL.pt -o MODEL.ts`")
     return module, json.loads(extra[METADATA_FILE])

@@ -9,14 +9,12 @@ stores its fields. Inference in fairchem uses the EMA weights, so we do too.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from allscaip.config import ModelConfig
-from allscaip.io import ModelFileError, file_sha256, save_model
+from allscaip.io import ModelFileError, file_sha256, safe_torch_load, save_model
 from allscaip.model import AllScAIP
 
 BACKBONE = "fairchem.core.models.allscaip.AllScAIP.AllScAIPBackbone"
@@ -24,6 +22,11 @@ ENERGY_HEAD = "fairchem.core.models.allscaip.AllScAIP.AllScAIPEnergyHead"
 DIRECT_FORCE_HEAD = "fairchem.core.models.allscaip.AllScAIP.AllScAIPDirectForceHead"
 GRADIENT_HEAD = "fairchem.core.models.allscaip.AllScAIP.AllScAIPGradientEnergyForceStressHead"
 DATASET_HEAD_WRAPPER = "fairchem.core.models.uma.escn_moe.DatasetSpecificSingleHeadWrapper"
+# Backbone keys of fairchem's own that do not change what the network computes in inference
+# (class path, compilation, padding, batching limits, attention kernel, training dropout).
+FAIRCHEM_RUNTIME_KEYS = ("model", "use_compile", "use_padding", "dataset_list",
+                         "skip_single_system_base_mask", "max_atoms", "max_batch_size",
+                         "knn_pad_size", "atten_name", "mlp_dropout", "atten_dropout")
 
 
 class MLIPInferenceCheckpoint:
@@ -42,14 +45,11 @@ def read_fairchem_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"fairchem checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals([MLIPInferenceCheckpoint]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(
-            f"{path} is not a fairchem MLIPInferenceCheckpoint that can be read safely "
-            f"({first_line}). Only checkpoints made of tensors, dicts and fairchem's "
-            "MLIPInferenceCheckpoint are accepted.") from exc
+        checkpoint = safe_torch_load(path, "fairchem MLIPInferenceCheckpoint",
+                                     allowed=(MLIPInferenceCheckpoint,))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{exc}. It cannot be read safely: only checkpoints made of tensors, "
+                             "dicts and fairchem's MLIPInferenceCheckpoint are accepted.") from exc.__cause__
     fields = getattr(checkpoint, "__dict__", None)
     required = {"model_config", "ema_state_dict", "tasks_config"}
     if not isinstance(checkpoint, MLIPInferenceCheckpoint) or not required <= set(fields or {}):
@@ -133,7 +133,11 @@ def convert_checkpoint(path: str | Path) -> tuple[AllScAIP, ModelConfig, dict]:
     backbone = dict(model_config.get("backbone", {}))
     if backbone.get("model") != BACKBONE:
         raise ModelFileError(f"{path} holds a {backbone.get('model')!r} backbone, not AllScAIP")
-    config = ModelConfig.from_dict(backbone)
+    try:
+        config = ModelConfig.from_dict(backbone, where=f"{path}'s backbone", ignore=FAIRCHEM_RUNTIME_KEYS)
+    except ValueError as exc:
+        raise ModelFileError(f"{exc}. This checkpoint uses a backbone option this converter does "
+                             "not know; it cannot be converted faithfully") from exc
     energy_prefix, force_prefix = _head_prefixes(model_config.get("heads", {}))
     if config.direct_forces != (force_prefix is not None):
         raise ModelFileError("direct_forces in the backbone does not match the output heads")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from allscaip.config import ModelConfig, check_keys
+
 
 @dataclass
 class DataSettings:
@@ -76,19 +78,16 @@ class TrainConfig:
 
 def _section(cls, values: dict | None, name: str):
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown keys in '{name}': {unknown} (known: {sorted(known)})")
+    check_keys(values, {f.name for f in fields(cls)}, f"the training config's '{name}' section")
     return cls(**values)
 
 
 def config_from_dict(values: dict) -> TrainConfig:
     values = dict(values)
-    top = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - top)
-    if unknown:
-        raise ValueError(f"unknown top-level keys: {unknown} (known: {sorted(top)})")
+    check_keys(values, {f.name for f in fields(TrainConfig)}, "the training config (top level)")
+    if values.get("model"):
+        check_keys(values["model"], {f.name for f in fields(ModelConfig)},
+                   "the training config's 'model' section")
     config = TrainConfig(
         data=_section(DataSettings, values.pop("data", None), "data"),
         loss=_section(LossWeights, values.pop("loss", None), "loss"),

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from allscaip.config import check_keys
+
 COMMANDS = ("density", "hvap", "liquid")
 ENGINES = ("openmm", "lammps")
 
@@ -95,8 +97,9 @@ class ProtocolSettings:
 
     @classmethod
     def from_json(cls, path: Path) -> "ProtocolSettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in names})
+        values = json.loads(path.read_text())
+        check_keys(values, {f.name for f in fields(cls)}, str(path))
+        return cls(**values)
 
 
 def resolve(given: dict) -> ProtocolSettings:

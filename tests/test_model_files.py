@@ -60,6 +60,73 @@ def test_truncated_model_file_is_a_clear_error(model_file, tmp_path):
         load_model(broken)
 
 
+def unreadable_files(model_file, folder):
+    """Files a user might pass by mistake, each with what the message must say it is."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    files = {
+        "text": (b"energy forces\n1.0 2.0\n", "it is a text file"),
+        "html": (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "HTML/XML page"),
+        "empty": (b"", "the file is empty"),
+        "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n", "git lfs pull"),
+        "truncated": (model_file.read_bytes()[:5000], "truncated or holds no torch data"),
+        "binary": (bytes(range(256)) * 4, "damaged or not a torch file"),
+    }
+    paths = {}
+    for name, (content, message) in files.items():
+        paths[name] = (folder / f"{name}.pt", message)
+        paths[name][0].write_bytes(content)
+    with zipfile.ZipFile(folder / "other.zip.pt", "w") as archive:
+        archive.writestr("readme.txt", "not torch")
+    paths["wrong_zip"] = (folder / "other.zip.pt", "truncated or holds no torch data")
+    return paths
+
+
+def test_every_unreadable_model_file_gets_the_clear_error(model_file, tmp_path):
+    from allscaip.export import load_exported
+
+    for name, (path, message) in unreadable_files(model_file, tmp_path / "bad").items():
+        with pytest.raises(ModelFileError, match="not a readable AllScAIP model file") as caught:
+            load_model(path)
+        assert message in str(caught.value), name
+        with pytest.raises(ModelFileError, match="not a readable fairchem MLIPInferenceCheckpoint"):
+            convert_checkpoint(path)
+        with pytest.raises(ModelFileError, match="not a TorchScript archive"):
+            load_exported(path)
+    with pytest.raises(ModelFileError, match="not a TorchScript archive"):
+        load_exported(model_file)
+
+
+def test_cli_reports_an_unreadable_model_without_a_traceback(model_file, tmp_path):
+    text = tmp_path / "model.txt"
+    text.write_text("this is not a model\n")
+    result = run_cli("export", text, "-o", tmp_path / "out.ts")
+    assert result.returncode == 2
+    assert "not a readable AllScAIP model file: it is a text file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_keys_in_a_model_file_config_are_refused(model_file, tmp_path):
+    payload = torch.load(model_file, weights_only=True)
+    payload["config"]["smoth_node_order"] = True
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    with pytest.raises(ModelFileError, match="did you mean 'smooth_node_order'"):
+        load_model(edited)
+
+
+def test_fairchem_conversion_tolerates_only_fairchem_runtime_keys(monkeypatch):
+    from allscaip import fairchem
+
+    fields = fairchem.read_fairchem_checkpoint(checkpoint_path("conserving_sm"))
+    assert {"use_compile", "atten_name", "max_atoms"} <= set(fields["model_config"]["backbone"])
+    fields["model_config"]["backbone"]["use_quaternions"] = True
+    monkeypatch.setattr(fairchem, "read_fairchem_checkpoint", lambda path: fields)
+    with pytest.raises(ModelFileError, match="'use_quaternions'.*cannot be converted faithfully"):
+        convert_checkpoint(checkpoint_path("conserving_sm"))
+
+
 def test_tampered_weights_fail_the_checksum(model_file, tmp_path):
     payload = torch.load(model_file, weights_only=True)
     name = next(iter(payload["state_dict"]))

@@ -133,7 +133,7 @@ def test_fine_tuning_starts_from_a_converted_fairchem_checkpoint(water_data, tmp
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="unknown keys in 'optim'"):
+    with pytest.raises(ValueError, match="unknown key in the training config's 'optim' section: 'learning_rate'"):
         config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "optim": {"learning_rate": 1}})
     with pytest.raises(ValueError, match="'model' section"):
         config_from_dict({"data": {"train": "x"}})
@@ -141,6 +141,18 @@ def test_config_errors_are_clear(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
         config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "device": "gpu"})
+
+
+def test_a_typo_in_the_model_section_is_an_error_naming_the_closest_key(tmp_path):
+    """`smoth_node_order: true` must not train a non-conserving model with the default False."""
+    text = yaml.safe_dump({"data": {"train": "x"}, "model": {**TINY_MODEL, "smoth_node_order": True}})
+    (tmp_path / "train.yaml").write_text(text)
+    with pytest.raises(ValueError, match="'smoth_node_order' \\(did you mean 'smooth_node_order'\\?\\)"):
+        load_config(tmp_path / "train.yaml")
+    with pytest.raises(ValueError, match="'epoch' \\(did you mean 'epochs'\\?\\)"):
+        config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "optim": {"epoch": 3}})
+    with pytest.raises(ValueError, match="'sed' \\(did you mean 'seed'\\?\\)"):
+        config_from_dict({"data": {"train": "x"}, "model": TINY_MODEL, "sed": 3})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
