@@ -11,7 +11,8 @@ import pytest
 from openmm import app
 
 from allscaip.plugins.openmm.run import RunSettings, SimulationExploded, run
-from openmm_helpers import smooth_model_file, water_topology
+from allscaip.models import default_model_path
+from openmm_helpers import water_topology
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def inputs(tmp_path_factory):
     pdb = folder / "box.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(topology, positions, handle)
-    return pdb, smooth_model_file(folder / "model.pt")
+    return pdb, default_model_path()
 
 
 def settings(inputs, out, **overrides):
@@ -45,19 +46,20 @@ def last_frame(out, pdb):
 
 def test_resume_reproduces_the_uninterrupted_run(inputs, tmp_path):
     quiet = lambda message: None
-    run(settings(inputs, tmp_path / "whole"), progress=quiet)
+    short = dict(steps=40, report_interval=10)
+    run(settings(inputs, tmp_path / "whole", **short), progress=quiet)
 
     interrupted = tmp_path / "interrupted"
-    run(settings(inputs, interrupted, steps=50), progress=quiet)
+    run(settings(inputs, interrupted, steps=20, report_interval=10), progress=quiet)
     saved = {name: (interrupted / name).read_bytes() for name in ("checkpoint.chk", "status.json")}
-    run(settings(inputs, interrupted, steps=75), resume=True, progress=quiet)
-    # crash after step 75 was written but with the checkpoint of step 50 still on disk
+    run(settings(inputs, interrupted, steps=30, report_interval=10), resume=True, progress=quiet)
+    # crash after step 30 was written but with the checkpoint of step 20 still on disk
     for name, content in saved.items():
         (interrupted / name).write_bytes(content)
-    run(settings(inputs, interrupted), resume=True, progress=quiet)
+    run(settings(inputs, interrupted, **short), resume=True, progress=quiet)
 
     whole, resumed = thermo(tmp_path / "whole"), thermo(interrupted)
-    assert [row["step"] for row in resumed] == ["25", "50", "75", "100"]
+    assert [row["step"] for row in resumed] == ["10", "20", "30", "40"]
     for a, b in zip(whole, resumed):
         assert float(a["potential_kJ_mol"]) == pytest.approx(float(b["potential_kJ_mol"]), abs=1e-6)
     frames_whole, positions_whole = last_frame(tmp_path / "whole", inputs[0])
