@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv fairchem-venv
 
 venv: $(STAMP)
 
@@ -28,3 +28,9 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Side venv with the real fairchem-core, only for tools/make_golden.py and benchmarks that
+# compare against fairchem (never a dependency of allscaip; see tools/README.md).
+fairchem-venv:
+	test -x .fairchem-venv/bin/python || $(PYTHON) -m venv .fairchem-venv
+	.fairchem-venv/bin/pip install torch==2.13.0 fairchem-core==2.24.0

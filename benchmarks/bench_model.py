@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FAIRCHEM_PYTHON = Path("/work/fcvenv/bin/python")
+# fairchem lives in a side venv (tools/README.md: `make fairchem-venv`); FAIRCHEM_PYTHON overrides
+FAIRCHEM_PYTHON = Path(os.environ.get("FAIRCHEM_PYTHON", HERE.parent / ".fairchem-venv" / "bin" / "python"))
 
 
 def architecture(masks: bool):
@@ -95,6 +96,7 @@ def run_case(waters: int, dtype_name: str, mode: str, masks: bool, threads: int,
 def fairchem_times(waters: list[int], threads: int) -> dict[int, float]:
     """fairchem eager ms per call, from tools/bench_fairchem.py in the side venv."""
     if not FAIRCHEM_PYTHON.exists():
+        print(f"(no fairchem side venv at {FAIRCHEM_PYTHON}: `make fairchem-venv`, or set FAIRCHEM_PYTHON)")
         return {}
     script = HERE.parent / "tools" / "bench_fairchem.py"
     result = subprocess.run([str(FAIRCHEM_PYTHON), str(script), "--threads", str(threads), "--json",

@@ -31,7 +31,7 @@ def test_near_field_with_everything_in_range_is_the_reference(sets):
 
 
 def test_dimer_curves_match_the_reference_potential_numbers(sets):
-    """REFERENCE-POTENTIAL.md: aligned -2.48 and side-by-side +1.85 kJ/mol at 6 A (the
+    """docs/reference-potential.md: aligned -2.48 and side-by-side +1.85 kJ/mol at 6 A (the
     monomers sit at the SPC/Fw minimum, so the dimer energy is the interaction energy)."""
     index = sets.SEPARATIONS.index(6.0)
     aligned = sets.dimer_curve("aligned")[index].energy * KJ_PER_EV

@@ -5,7 +5,7 @@ Benchmark-size model: hidden 64, 2 layers, 4 heads, knn_k 20, cutoff 6 Å, conse
 one ``FAIRChemCalculator.calculate`` call (graph build + forward + backward), median over
 repeats after warm-up, with the positions rattled before each call.
 
-    /work/fcvenv/bin/python tools/bench_fairchem.py [--threads 2] [--waters 64 216]
+    .fairchem-venv/bin/python tools/bench_fairchem.py [--threads 2] [--waters 64 216]
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ never a dependency of the ``allscaip`` package itself.
 
 Run from the repository root:
 
-    /work/fcvenv/bin/python tools/make_golden.py --out tests/fixtures/golden
+    .fairchem-venv/bin/python tools/make_golden.py --out tests/fixtures/golden
 
 Writes ``ckpt_<config>.pt``, ``structures.json``, ``outputs_<config>.json`` and
 ``manifest.json``. Units: Å, eV, eV/Å, eV/Å³ (ASE conventions).
@@ -452,7 +452,7 @@ def main() -> None:
     (args.out / "structures.json").write_text(json.dumps(structures, indent=1) + "\n")
 
     manifest = {
-        "command": "/work/fcvenv/bin/python tools/make_golden.py --out tests/fixtures/golden",
+        "command": ".fairchem-venv/bin/python tools/make_golden.py --out tests/fixtures/golden",
         "fairchem_core": fairchem.core.__version__,
         "torch": torch.__version__,
         "ase": ase.__version__,

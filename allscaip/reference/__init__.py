@@ -1,1 +1,1 @@
-"""Reference potentials that generate training labels (see shared REFERENCE-POTENTIAL notes)."""
+"""Reference potentials that generate training labels (see docs/reference-potential.md)."""
