@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = openmm_commands.add_parser(
         "run", help="NVE/NVT/NPT MD of a PDB box with reporters, DCD, checkpoints and --resume")
     run.add_argument("--pdb", required=True, help="starting structure (CRYST1 record = periodic box)")
-    run.add_argument("--model", required=True, help="AllScAIP model file")
+    potential = run.add_mutually_exclusive_group(required=True)
+    potential.add_argument("--model", help="AllScAIP model file")
+    potential.add_argument("--forcefield", help="classical potential instead: 'spcfw' or an OpenMM "
+                           "ForceField XML (file or bundled name, e.g. amber14/tip3pfb.xml)")
     run.add_argument("--out", required=True, help="output folder (thermo.csv, trajectory.dcd, checkpoint)")
     run.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
     run.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")

@@ -35,6 +35,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     a("--spin", type=int, help="spin multiplicity 2S+1 (default 1)")
     a("-n", "--n-molecules", type=int, help="molecules in the liquid box (default 216)")
     a("--model", help="AllScAIP model file (default: the shipped default model in models/)")
+    a("--forcefield", help="classical potential instead of a model: 'spcfw' (flexible SPC/Fw water, "
+      "the default model's teacher) or an OpenMM ForceField XML with templates for the molecule")
     a("--engine", choices=ENGINES, help="MD engine (default openmm)")
     a("--temperature", type=float, help="K (default 298.15)")
     a("--pressure", type=float, help="bar (default 1)")
@@ -83,7 +85,9 @@ def _settings(args: argparse.Namespace):
                          "or choose another --out")
     if args.molecule is None:
         raise ValueError("--molecule is required (built-in 'water' or a molecule file)")
-    if given.get("model") is None:
+    if given.get("forcefield") not in (None, "spcfw") and Path(given["forcefield"]).is_file():
+        given["forcefield"] = str(Path(given["forcefield"]).resolve())
+    if given.get("model") is None and given.get("forcefield") is None:
         from allscaip.models import default_model_path
 
         given["model"] = str(default_model_path())

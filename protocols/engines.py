@@ -37,6 +37,7 @@ class Phase:
     platform: str
     barostat_interval: int = 25
     max_temperature_factor: float = 5.0  # instantaneous T above this x target = blow-up
+    forcefield: str | None = None  # classical potential instead of ``model``
 
 
 def completed_steps(out: Path) -> int:
@@ -55,7 +56,7 @@ def run_openmm(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         barostat_interval=phase.barostat_interval, platform=phase.platform,
         precision=phase.precision, charge=phase.charge, spin=phase.spin,
         hydrogen_mass=phase.hydrogen_mass, seed=phase.seed,
-        max_temperature_factor=phase.max_temperature_factor)
+        max_temperature_factor=phase.max_temperature_factor, forcefield=phase.forcefield)
     run(settings, resume=resume, progress=progress)
 
 
@@ -67,6 +68,8 @@ def run_phase(engine: str, phase: Phase, progress: Callable[[str], None]) -> Non
     if engine == "openmm":
         run_openmm(phase, resume, progress)
     elif engine == "lammps":
+        if phase.forcefield is not None:
+            raise ValueError("--forcefield runs on the openmm engine only")
         from allscaip.protocols.lammps_engine import run_lammps
 
         run_lammps(phase, resume, progress)

@@ -91,7 +91,7 @@ def make_phase(settings: ProtocolSettings, kind: str, pdb: Path, out: Path, step
                  barostat_interval=settings.barostat_interval,
                  # a single molecule's instantaneous temperature has only ~3N-3 degrees of
                  # freedom and fluctuates far more than a liquid's
-                 max_temperature_factor=5.0 if liquid else 25.0)
+                 max_temperature_factor=5.0 if liquid else 25.0, forcefield=settings.forcefield)
 
 
 def read_thermo(path: Path) -> dict[str, np.ndarray]:
@@ -128,7 +128,7 @@ class LiquidProtocol:
         self.molecule = load_molecule(settings.molecule, settings.charge, settings.spin, settings.name)
         self.experiment = refdata.experiment(self.molecule.name)
         self.references = refdata.reference_models(self.molecule.name)
-        self.model = check_model_elements(settings.model, self.molecule)
+        self.model = None if settings.forcefield else check_model_elements(settings.model, self.molecule)
         self.began = time.perf_counter()
         self.previous_wall = 0.0
 

@@ -31,6 +31,11 @@ def versions() -> dict:
 def model_info(protocol) -> dict:
     from allscaip.io import file_sha256
 
+    if protocol.model is None:
+        from allscaip.plugins.openmm.classical import describe
+
+        return {"forcefield": protocol.settings.forcefield,
+                "description": describe(protocol.settings.forcefield)}
     meta = dict(protocol.model.metadata)
     return {"path": str(Path(protocol.settings.model).resolve()),
             "file_sha256": file_sha256(protocol.settings.model),
@@ -115,7 +120,8 @@ def summary_table(report: dict) -> str:
     """Markdown: this model vs reference model(s) vs experiment."""
     experiment = report.get("experiment") or {}
     references = report.get("reference_models", [])
-    header = ["property", "AllScAIP (this run)"] + [f"{r['model']}" for r in references] + ["experiment"]
+    label = report["model"].get("description", "AllScAIP").split(" (")[0]
+    header = ["property", f"{label} (this run)"] + [f"{r['model']}" for r in references] + ["experiment"]
     rows = [("density (g/cm³)", "density_g_cm3", "density_stderr", 4),
             ("ΔHvap (kJ/mol)", "hvap_kj_mol", "hvap_stderr", 2)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

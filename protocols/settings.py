@@ -32,7 +32,7 @@ class ProtocolSettings:
 
     command: str
     molecule: str
-    model: str
+    model: str | None
     out: str
     name: str | None = None  # reference-data name; default: built-in name or file stem
     charge: int = 0
@@ -60,6 +60,7 @@ class ProtocolSettings:
     precision: str = "float32"
     platform: str = "auto"  # OpenMM platform of the liquid: CUDA when available, else CPU
     quick: bool = False
+    forcefield: str | None = None  # classical potential (spcfw or an OpenMM XML) instead of a model
 
     @property
     def needs_gas(self) -> bool:
@@ -75,6 +76,10 @@ class ProtocolSettings:
             raise ValueError(f"protocol must be one of {COMMANDS}")
         if self.engine not in ENGINES:
             raise ValueError(f"--engine must be one of {ENGINES}")
+        if self.forcefield is not None and self.model:
+            raise ValueError("give either --model or --forcefield, not both")
+        if self.forcefield is not None and self.engine != "openmm":
+            raise ValueError("--forcefield runs on the openmm engine only")
         positive = ("n_molecules", "temperature", "timestep", "production", "report_interval",
                     "replicas", "friction", "gas_friction")
         for name in positive:
@@ -105,6 +110,7 @@ class ProtocolSettings:
 def resolve(given: dict) -> ProtocolSettings:
     """Settings from explicitly given options (None = not given): given > --quick > defaults."""
     values = {k: v for k, v in given.items() if v is not None}
+    values.setdefault("model", None)
     if values.get("quick"):
         values = {**QUICK, **values}
     if values.get("hydrogen_mass") == 0:

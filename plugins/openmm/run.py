@@ -47,8 +47,11 @@ class RunSettings:
     hydrogen_mass: float | None = None
     seed: int = 1
     max_temperature_factor: float = 5.0
+    forcefield: str | None = None  # a classical potential instead of the model (classical.py)
 
     def validate(self) -> None:
+        if (self.forcefield is None) == (not self.model):
+            raise ValueError("give either a model (--model) or a classical --forcefield, not both")
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"--ensemble must be one of {ENSEMBLES}")
         for name in ("temperature", "timestep", "steps", "report_interval"):
@@ -71,9 +74,14 @@ def build_simulation(settings: RunSettings):
     topology = pdb.topology
     if settings.ensemble == "npt" and topology.getPeriodicBoxVectors() is None:
         raise ValueError("NPT needs a periodic box: add a CRYST1 record to the PDB")
-    system = create_system(topology, settings.model, charge=settings.charge, spin=settings.spin,
-                           dtype=settings.precision, backend=settings.backend,
-                           hydrogen_mass=settings.hydrogen_mass)
+    if settings.forcefield is not None:
+        from allscaip.plugins.openmm.classical import classical_system
+
+        system = classical_system(topology, settings.forcefield, hydrogen_mass=settings.hydrogen_mass)
+    else:
+        system = create_system(topology, settings.model, charge=settings.charge, spin=settings.spin,
+                               dtype=settings.precision, backend=settings.backend,
+                               hydrogen_mass=settings.hydrogen_mass)
     dt = settings.timestep * unit.femtoseconds
     if settings.ensemble == "nve":
         integrator = openmm.VerletIntegrator(dt)
