@@ -18,6 +18,11 @@ import numpy as np
 GAS_CONSTANT_KJ = 8.314462618e-3  # kJ/(mol K)
 BAR_NM3_TO_KJ_MOL = 1e5 * 1e-27 * 6.02214076e23 / 1e3  # p V in bar nm^3 -> kJ/mol
 MIN_SAMPLES = 10
+# Convergence rule of every report: each property of each replica needs at least MIN_N_EFF
+# effective (uncorrelated) samples, and at least MIN_PRODUCTION_FRACTION of the requested
+# production must remain after the detected equilibration.
+MIN_N_EFF = 20
+MIN_PRODUCTION_FRACTION = 0.5
 
 
 def _timeseries():
@@ -68,6 +73,17 @@ def estimate(series: np.ndarray) -> Estimate:
         raise ValueError(f"need at least 2 samples to estimate an uncertainty, got {n}")
     g = statistical_inefficiency(series)
     return Estimate(float(series.mean()), float(series.std(ddof=1) * math.sqrt(g / n)), g, n, n / g)
+
+
+def convergence_problems(estimate: dict, production_ps: float, requested_ps: float) -> list[str]:
+    """Why one property's estimate is not converged (empty list: it is)."""
+    problems = []
+    if estimate["n_eff"] < MIN_N_EFF:
+        problems.append(f"{estimate['n_eff']:.1f} effective samples (need >= {MIN_N_EFF})")
+    if production_ps < MIN_PRODUCTION_FRACTION * requested_ps:
+        problems.append(f"only {production_ps:.2f} ps after the detected equilibration "
+                        f"(need >= {MIN_PRODUCTION_FRACTION:.0%} of the {requested_ps:g} ps production)")
+    return problems
 
 
 def common_start(columns: list[np.ndarray], first: int = 0) -> int:

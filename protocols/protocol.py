@@ -110,8 +110,9 @@ def analyse_phase(table: dict[str, np.ndarray], burn_in_ps: float, observables: 
         raise ValueError(f"only {len(times) - first} samples after the {burn_in_ps} ps equilibration; "
                          f"production needs at least {analysis.MIN_SAMPLES} reports")
     start = analysis.common_start(list(observables.values()), first)
-    result = {"t_equil_ps": float(times[start - 1]) if start > 0 else 0.0, "start_index": start,
-              "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
+    t_equil = float(times[start - 1]) if start > 0 else 0.0
+    result = {"t_equil_ps": t_equil, "start_index": start, "n_samples": int(len(times) - start),
+              "length_ps": float(times[-1]), "production_ps": float(times[-1]) - t_equil,
               "ns_per_day": float(np.median(table["ns_per_day"]))}
     for name, series in observables.items():
         result[name] = analysis.estimate(series[start:]).as_dict()
@@ -216,28 +217,48 @@ class LiquidProtocol:
     # -- analysis ------------------------------------------------------------------------
     def analyse(self) -> dict:
         s = self.settings
-        replicas = []
-        for replica in range(s.replicas):
-            folder = self.replica_dir(replica)
-            table = read_thermo(folder / "liquid" / "thermo.csv")
-            per_molecule = table["potential_kJ_mol"] / s.n_molecules
-            entry = {"replica": replica, "liquid": analyse_phase(
-                table, s.equilibration, {"density": table["density_g_cm3"],
-                                         "potential_per_molecule": per_molecule,
-                                         "volume_nm3": table["volume_nm3"]})}
-            liquid = entry["liquid"]
-            entry["pv_term_kj_mol"] = analysis.pv_term(s.pressure, liquid["volume_nm3"]["mean"], s.n_molecules)
-            if s.needs_gas:
-                gas_table = read_thermo(folder / "gas" / "thermo.csv")
-                entry["gas"] = analyse_phase(gas_table, s.gas_equilibration,
-                                             {"potential": gas_table["potential_kJ_mol"]})
-                entry["hvap"] = analysis.hvap(analysis.Estimate(**entry["gas"]["potential"]),
-                                              analysis.Estimate(**liquid["potential_per_molecule"]),
-                                              s.temperature)
-            replicas.append(entry)
+        replicas = [analyse_replica(self, replica) for replica in range(s.replicas)]
         results = {"replicas": replicas, "density_g_cm3": analysis.combine_replicas(
-            [(r["liquid"]["density"]["mean"], r["liquid"]["density"]["stderr"]) for r in replicas])}
+            [(r["density_g_cm3"]["mean"], r["density_g_cm3"]["stderr"]) for r in replicas])}
         if s.needs_gas:
             results["hvap_kj_mol"] = analysis.combine_replicas(
-                [(r["hvap"]["mean"], r["hvap"]["stderr"]) for r in replicas])
+                [(r["hvap_kj_mol"]["mean"], r["hvap_kj_mol"]["stderr"]) for r in replicas])
         return results
+
+
+def analyse_replica(protocol: LiquidProtocol, replica: int) -> dict:
+    """Estimates of one replica from its stored time series: liquid (and gas) phase
+    statistics, density, ΔHvap and the pV term."""
+    s = protocol.settings
+    folder = protocol.replica_dir(replica)
+    table = read_thermo(folder / "liquid" / "thermo.csv")
+    per_molecule = table["potential_kJ_mol"] / s.n_molecules
+    liquid = analyse_phase(table, s.equilibration, {"density": table["density_g_cm3"],
+                                                    "potential_per_molecule": per_molecule,
+                                                    "volume_nm3": table["volume_nm3"]})
+    entry = {"replica": replica, "liquid": liquid,
+             "density_g_cm3": {k: liquid["density"][k] for k in ("mean", "stderr")},
+             "pv_term_kj_mol": analysis.pv_term(s.pressure, liquid["volume_nm3"]["mean"], s.n_molecules)}
+    if s.needs_gas:
+        gas_table = read_thermo(folder / "gas" / "thermo.csv")
+        entry["gas"] = analyse_phase(gas_table, s.gas_equilibration, {"potential": gas_table["potential_kJ_mol"]})
+        entry["hvap_kj_mol"] = analysis.hvap(analysis.Estimate(**entry["gas"]["potential"]),
+                                             analysis.Estimate(**liquid["potential_per_molecule"]),
+                                             s.temperature)
+    entry["problems"] = replica_problems(entry, s)
+    entry["converged"] = not entry["problems"]
+    return entry
+
+
+def replica_problems(entry: dict, s: ProtocolSettings) -> list[str]:
+    """Reasons this replica's estimates are not converged (empty when they are): the rule of
+    ``analysis.convergence_problems`` for every property the protocol reports."""
+    phases = [("liquid", entry["liquid"], ["density", "potential_per_molecule"], s.production)]
+    if "gas" in entry:
+        phases.append(("gas", entry["gas"], ["potential"], s.gas_production))
+    problems = []
+    for phase_name, phase, names, production in phases:
+        for name in names:
+            problems += [f"replica {entry['replica'] + 1} {phase_name} {name}: {p}"
+                         for p in analysis.convergence_problems(phase[name], phase["production_ps"], production)]
+    return problems
