@@ -23,6 +23,10 @@ MIN_SAMPLES = 10
 # production must remain after the detected equilibration.
 MIN_N_EFF = 20
 MIN_PRODUCTION_FRACTION = 0.5
+MIN_REPLICAS_FOR_SCATTER = 3
+CONVERGENCE_RULE = (f"every property of every replica has >= {MIN_N_EFF} effective samples and "
+                    f">= {MIN_PRODUCTION_FRACTION:.0%} of its production after the detected "
+                    f"equilibration; a replica-scatter error needs >= {MIN_REPLICAS_FOR_SCATTER} replicas")
 
 
 def _timeseries():
@@ -106,17 +110,22 @@ def pv_term(pressure_bar: float, mean_volume_nm3: float, n_molecules: int) -> fl
 
 def combine_replicas(values: list[tuple[float, float]]) -> dict:
     """Mean over independent replicas (value, stderr). ``stderr_within`` propagates the
-    per-replica errors, ``stderr_between`` is the scatter of replica means / sqrt(R) (two or
-    more replicas); ``stderr`` is the larger of the two, so neither is understated."""
+    per-replica errors; with MIN_REPLICAS_FOR_SCATTER or more replicas ``stderr_between`` (the
+    scatter of replica means / sqrt(R)) is estimated too and ``stderr`` is the larger of the
+    two, so neither is understated. Fewer replicas cannot estimate a scatter: ``stderr`` is the
+    propagated error."""
     means = np.array([v for v, _ in values], dtype=float)
     errors = np.array([e for _, e in values], dtype=float)
     count = len(means)
     within = float(math.sqrt(np.sum(errors ** 2)) / count)
     out = {"mean": float(means.mean()), "stderr_within": within, "n_replicas": count,
            "replicas": [{"mean": float(m), "stderr": float(e)} for m, e in zip(means, errors)]}
-    if count > 1:
+    if count >= MIN_REPLICAS_FOR_SCATTER:
         out["stderr_between"] = float(means.std(ddof=1) / math.sqrt(count))
         out["stderr"] = max(within, out["stderr_between"])
+        out["error_basis"] = "max(propagated per-replica errors, replica scatter)"
     else:
         out["stderr"] = within
+        out["error_basis"] = (f"propagated per-replica errors ({count} replica(s); a replica "
+                              f"scatter needs >= {MIN_REPLICAS_FOR_SCATTER})")
     return out

@@ -204,8 +204,14 @@ class LiquidProtocol:
         return write_outputs(self, results)
 
     def needs_extension(self, results: dict) -> str | None:
-        """Which phase to extend to meet the tolerances (None when met or none set)."""
+        """Which phase to extend to meet the tolerances (None when met or none set). With a
+        tolerance set, a run that is not converged by the report's rule is extended first."""
         s = self.settings
+        if s.density_tolerance is None and s.hvap_tolerance is None:
+            return None
+        unconverged = {phase for r in results["replicas"] for phase in r["unconverged_phases"]}
+        if unconverged:
+            return "liquid" if "liquid" in unconverged else "gas"
         if s.density_tolerance is not None and results["density_g_cm3"]["stderr"] > s.density_tolerance:
             return "liquid"
         if s.needs_gas and s.hvap_tolerance is not None and results["hvap_kj_mol"]["stderr"] > s.hvap_tolerance:
@@ -245,20 +251,22 @@ def analyse_replica(protocol: LiquidProtocol, replica: int) -> dict:
         entry["hvap_kj_mol"] = analysis.hvap(analysis.Estimate(**entry["gas"]["potential"]),
                                              analysis.Estimate(**liquid["potential_per_molecule"]),
                                              s.temperature)
-    entry["problems"] = replica_problems(entry, s)
-    entry["converged"] = not entry["problems"]
+    problems = replica_problems(entry, s)
+    entry["problems"] = [text for _, text in problems]
+    entry["unconverged_phases"] = sorted({phase for phase, _ in problems})
+    entry["converged"] = not problems
     return entry
 
 
-def replica_problems(entry: dict, s: ProtocolSettings) -> list[str]:
-    """Reasons this replica's estimates are not converged (empty when they are): the rule of
-    ``analysis.convergence_problems`` for every property the protocol reports."""
+def replica_problems(entry: dict, s: ProtocolSettings) -> list[tuple[str, str]]:
+    """(phase, reason) for each estimate of this replica that is not converged by the rule of
+    ``analysis.convergence_problems`` (empty when all are)."""
     phases = [("liquid", entry["liquid"], ["density", "potential_per_molecule"], s.production)]
     if "gas" in entry:
         phases.append(("gas", entry["gas"], ["potential"], s.gas_production))
     problems = []
     for phase_name, phase, names, production in phases:
         for name in names:
-            problems += [f"replica {entry['replica'] + 1} {phase_name} {name}: {p}"
+            problems += [(phase_name, f"replica {entry['replica'] + 1} {phase_name} {name}: {p}")
                          for p in analysis.convergence_problems(phase[name], phase["production_ps"], production)]
     return problems

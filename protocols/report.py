@@ -132,6 +132,19 @@ def summary_table(report: dict) -> str:
         cells += [_fmt(r.get(key), r.get(error_key), digits) for r in references]
         cells.append(_fmt(experiment.get(key), None, digits))
         lines.append("| " + " | ".join(cells) + " |")
+    verdict = report.get("convergence")
+    if verdict is not None:
+        if verdict["converged"]:
+            lines.append(f"\n**Converged** ({verdict['rule']}).")
+        else:
+            shown = verdict["problems"][:6]
+            more = len(verdict["problems"]) - len(shown)
+            lines.append("\n**NOT CONVERGED**: the error bars above are not reliable. " + "; ".join(shown)
+                         + (f"; and {more} more" if more > 0 else "") + f". Rule: {verdict['rule']}. "
+                         "Run longer (--production, or --density-tolerance/--hvap-tolerance with "
+                         "--max-production) or add --replicas.")
+        if verdict.get("smoke_test"):
+            lines.append("\n*--quick run: a smoke test of the pipeline, not a measurement.*")
     s = report["settings"]
     liquid_ps = sum(r["liquid"]["length_ps"] for r in report["replicas"])
     notes = [f"{report['molecule']}, {s['n_molecules']} molecules, {s['temperature']} K, {s['pressure']} bar, "
@@ -146,6 +159,13 @@ def summary_table(report: dict) -> str:
     if experiment:
         notes.append(f"Experiment: density — {experiment['density_source']}; ΔHvap — {experiment['hvap_source']}.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def convergence(results: dict, settings) -> dict:
+    """The report's verdict: converged by the rule of ``analysis.CONVERGENCE_RULE``?"""
+    problems = [p for r in results["replicas"] for p in r["problems"]]
+    return {"converged": not problems, "problems": problems, "rule": analysis.CONVERGENCE_RULE,
+            "smoke_test": bool(settings.quick)}
 
 
 def write_outputs(protocol, results: dict) -> dict:
@@ -185,6 +205,8 @@ def write_outputs(protocol, results: dict) -> dict:
     report["target_uncertainty"] = {
         key: {"tolerance": tol, "met": report[key]["stderr"] <= tol}
         for key, tol in targets.items() if tol is not None and key in report}
+    report["convergence"] = convergence(results, s)
+    report["converged"] = report["convergence"]["converged"]
     report.update({
         "replicas": replicas, "experiment": protocol.experiment, "reference_models": protocol.references,
         "rdf": {"site": rdf["site"], "frames": rdf["frames"], "file": "rdf.csv"},

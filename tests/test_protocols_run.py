@@ -63,6 +63,10 @@ def test_liquid_protocol_writes_complete_report(tiny_model, tmp_path, capsys):
     assert {r["phase"] for r in series} == {"liquid", "gas"} and len(series) == 40
     assert (out / "summary.md").read_text().startswith("| property |")
     assert report["rdf"]["site"] == "O-O" and len(rows(out / "rdf.csv")) > 10
+    # 15 samples per phase cannot give 20 effective samples: the verdict says so, with reasons
+    assert report["converged"] is False
+    assert any("effective samples (need >= 20)" in p for p in report["convergence"]["problems"])
+    assert "**NOT CONVERGED**" in printed and "**NOT CONVERGED**" in (out / "summary.md").read_text()
 
 
 def interrupt_after(monkeypatch, count: int):
@@ -161,6 +165,35 @@ def test_bad_inputs_give_clear_errors(tiny_model, tmp_path, capsys):
     assert "does not match the formal charges" in error("--molecule", str(sdf))
     assert "model file" in error("--molecule", "water", "--model", str(tmp_path / "none.pt"))
     assert "nothing to resume" in error("--molecule", "water", "--resume")
+
+
+@pytest.mark.parametrize("forcefield, label", [("spcfw", "SPC/Fw (this run)"),
+                                               ("amber14/tip3pfb.xml", "OpenMM ForceField amber14/tip3pfb.xml (this run)")])
+def test_classical_forcefield_runs_through_the_same_protocol(tmp_path, capsys, forcefield, label):
+    """--forcefield: the protocol's boxes, engine, analysis and report, without a model."""
+    out = tmp_path / "classical"
+    args = ["protocol", "liquid", "--molecule", "water", "-n", "32", "--forcefield", forcefield,
+            "--equilibration", "0.5", "--production", "1.5", "--gas-equilibration", "0.5",
+            "--gas-production", "3", "--out", str(out)]
+    assert main(args) == 0
+    assert label in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["forcefield"] == forcefield and report["settings"]["model"] is None
+    assert 0.8 < report["density_g_cm3"]["mean"] < 1.2  # water, whatever the short run's noise
+    assert 35 < report["hvap_kj_mol"]["mean"] < 60
+
+
+def test_forcefield_input_errors(tiny_model, tmp_path, capsys):
+    def error(*extra):
+        code = main(["protocol", "liquid", "--molecule", "water", "--out", str(tmp_path / "x"), *extra])
+        message = capsys.readouterr().err
+        assert code == 2 and message.startswith("allscaip protocol: error:"), message
+        return message
+
+    assert "either --model or --forcefield" in error("--forcefield", "spcfw", "--model", tiny_model)
+    assert "openmm engine only" in error("--forcefield", "spcfw", "--engine", "lammps")
+    assert "neither 'spcfw' nor a readable OpenMM ForceField XML" in error(
+        "--forcefield", str(tmp_path / "missing.xml"), "-n", "8", "--production", "0.3")
 
 
 @pytest.mark.slow
