@@ -81,3 +81,49 @@ def replicas(path: Path, panels: list[dict]) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def comparison(path: Path, panels: list[dict]) -> Path:
+    """This run vs reference potentials vs experiment, one panel per property.
+
+    panel: {"label", "rows": [(name, value, stderr or None)]} (top to bottom)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 0.6 + 0.55 * max(
+        len(p["rows"]) for p in panels)), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        rows = panel["rows"][::-1]
+        for k, (name, value, stderr) in enumerate(rows):
+            marker = "s" if stderr is None else "o"
+            axis.errorbar([value], [k], xerr=None if stderr is None else [[stderr], [stderr]], fmt=marker,
+                          color=f"C{k % 10}", capsize=4)
+        axis.set_yticks(range(len(rows)))
+        axis.set_yticklabels([name for name, _, _ in rows], fontsize=8)
+        axis.set_xlabel(panel["label"])
+        axis.margins(x=0.25, y=0.3)
+        axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def convergence(path: Path, panels: list[dict]) -> Path:
+    """Per replica: the running mean of the production part with its ±1σ error band (the
+    protocol's estimator applied to each growing prefix) and block averages with their scatter.
+
+    panel: {"label", "series": [(times, running_mean, band, block_times, block_means)]}"""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.8 * len(panels)), squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        for k, (times, mean, band, block_times, block_means) in enumerate(panel["series"]):
+            color = f"C{k % 10}"
+            axis.plot(times, mean, color=color, lw=1.5, label=f"replica {k + 1}")
+            axis.fill_between(times, mean - band, mean + band, color=color, alpha=0.2)
+            axis.plot(block_times, block_means, "o", color=color, ms=4, mfc="none")
+        axis.set_ylabel(panel["label"])
+        axis.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("production time (ps); band: running mean ± 1σ; circles: block means")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -107,7 +107,49 @@ def make_plots(protocol, results: dict, rdf: dict) -> list[str]:
                         "values": [(r["mean"], r["stderr"]) for r in results["hvap_kj_mol"]["replicas"]],
                         "combined": (results["hvap_kj_mol"]["mean"], results["hvap_kj_mol"]["stderr"])})
     files.append(plots.replicas(folder / "replicas.png", summary))
+    files.append(plots.comparison(folder / "comparison.png", comparison_panels(protocol, results)))
+    evidence = [{"label": "density (g/cm³)", "series": [convergence_series(t["time_ps"], t["density_g_cm3"], k)
+                                                         for t, k in liquid]},
+                {"label": "U_liq / N (kJ/mol)", "series": [
+                    convergence_series(t["time_ps"], t["potential_kJ_mol"] / s.n_molecules, k) for t, k in liquid]}]
+    if s.needs_gas:
+        evidence.append({"label": "U_gas (kJ/mol)", "series": [
+            convergence_series(t["time_ps"], t["potential_kJ_mol"], k) for t, k in gas]})
+    files.append(plots.convergence(folder / "convergence.png", evidence))
     return [str(f.relative_to(protocol.out)) for f in files]
+
+
+def comparison_panels(protocol, results: dict) -> list[dict]:
+    """Rows of the comparison plot: this run, the reference potentials, experiment."""
+    this = "this run" if protocol.model is not None else f"this run ({protocol.settings.forcefield})"
+    experiment = protocol.experiment or {}
+    panels = []
+    for key, error_key, label in (("density_g_cm3", "density_stderr", "density (g/cm³)"),
+                                  ("hvap_kj_mol", "hvap_stderr", "ΔHvap (kJ/mol)")):
+        if key not in results:
+            continue
+        rows = [(this, results[key]["mean"], results[key]["stderr"])]
+        rows += [(ref["model"].split(" (")[0], ref[key], ref.get(error_key))
+                 for ref in protocol.references if ref.get(key) is not None]
+        if experiment.get(key) is not None:
+            rows.append(("experiment", experiment[key], None))
+        panels.append({"label": label, "rows": rows})
+    return panels
+
+
+def convergence_series(times: np.ndarray, values: np.ndarray, start: int, points: int = 12,
+                       blocks: int = 5) -> tuple:
+    """Running estimate (mean ± stderr of each growing prefix of the production part) and block
+    means, for the convergence plot."""
+    production, t = values[start:], times[start:] - times[start]
+    sizes = np.unique(np.linspace(min(3, len(production)), len(production), points).astype(int))
+    sizes = sizes[sizes >= 2]
+    estimates = [analysis.estimate(production[:m]) for m in sizes]
+    length = len(production) // blocks
+    block_means = [production[b * length:(b + 1) * length].mean() for b in range(blocks)] if length else []
+    block_times = [t[min(len(t) - 1, int((b + 0.5) * length))] for b in range(len(block_means))]
+    return (t[sizes - 1], np.array([e.mean for e in estimates]), np.array([e.stderr for e in estimates]),
+            np.array(block_times), np.array(block_means))
 
 
 def _fmt(value: float | None, stderr: float | None = None, digits: int = 4) -> str:

@@ -57,7 +57,7 @@ def test_liquid_protocol_writes_complete_report(tiny_model, tmp_path, capsys):
     assert len(report["model"]["file_sha256"]) == 64 and report["settings"]["n_molecules"] == 8
     terms = report["hvap_terms_kj_mol"]
     assert report["hvap_kj_mol"]["mean"] == pytest.approx(terms["u_gas"] - terms["u_liq_per_molecule"] + terms["RT"])
-    for name in ("timeseries.png", "rdf.png", "replicas.png"):
+    for name in ("timeseries.png", "rdf.png", "replicas.png", "comparison.png", "convergence.png"):
         assert (out / "plots" / name).stat().st_size > 5000
     series = rows(out / "timeseries.csv")
     assert {r["phase"] for r in series} == {"liquid", "gas"} and len(series) == 40
