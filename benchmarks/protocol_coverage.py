@@ -8,7 +8,7 @@ and reports, for density and ΔHvap, the fraction of replicas whose ±1σ interv
 truth (expected 0.68, with its binomial 95 % band), the z-score distribution and the
 convergence verdicts.
 
-    .venv/bin/python benchmarks/protocol_coverage.py --out runs/coverage          # ~25 min, 2 cores
+    .venv/bin/python benchmarks/protocol_coverage.py --out runs/coverage          # ~1 h, 2 cores
     .venv/bin/python benchmarks/protocol_coverage.py --out runs/coverage --analyse-only
 
 Simulations are resumable (each set is a protocol folder); ``--analyse-only`` re-analyses the
@@ -116,9 +116,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--replicas", type=int, default=40)
-    parser.add_argument("--lengths", nargs="+", default=["1+4", "5+20"],
-                        help="equilibration+production (ps) of the short replica sets")
+    parser.add_argument("--sets", nargs="+", default=["1+4x40", "5+20x20", "10+80x24"],
+                        help="replica sets: equilibration+production (ps) x replicas")
     parser.add_argument("--truth-replicas", type=int, default=6)
     parser.add_argument("--truth-production", type=float, default=250.0)
     parser.add_argument("--analyse-only", action="store_true")
@@ -127,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     truth_settings = settings_for(args.out / "truth", 20.0, args.truth_production, 1000.0,
                                   args.truth_replicas, seed=1000)
     sets = []
-    for k, length in enumerate(args.lengths):
+    for k, spec in enumerate(args.sets):
+        length, replicas = spec.split("x")
         equilibration, production = (float(x) for x in length.split("+"))
         sets.append(settings_for(args.out / f"replicas-{length}", equilibration, production,
-                                 gas_production=2 * production, replicas=args.replicas, seed=1 + 100 * k))
+                                 gas_production=2 * production, replicas=int(replicas), seed=1 + 100 * k))
     protocols = [simulate(s, quiet=True) if not args.analyse_only else LiquidProtocol(s)
                  for s in [truth_settings] + sets]
     reference = truth(protocols[0])

@@ -1,10 +1,14 @@
 """Statistics of MD time series: equilibration detection and statistical inefficiency
-(pymbar.timeseries, Chodera 2016), standard errors from the number of uncorrelated samples,
+(pymbar.timeseries, Chodera 2016), conservative standard errors, the convergence rule,
 heat of vaporization, and the combination of independent replicas.
 
-The standard error of a mean over the production part is ``s * sqrt(g / n)`` (s: sample
-standard deviation, g: statistical inefficiency, n: samples), i.e. the error of n / g
-uncorrelated samples -- equivalent to subsampling every g-th point, without discarding data.
+The standard error of a mean over the production part is the larger of ``s * sqrt(g / n)``
+(s: sample standard deviation, g: pymbar's statistical inefficiency, n: samples) and the
+block-average errors with BLOCK_COUNTS blocks; both underestimate on short series (the
+autocorrelation estimate is cut off early, blocks shorter than the correlation time are
+correlated). The result is then widened by the Student-t factor for n_eff - 1 degrees of
+freedom, so that ±1 stderr is a 68 % interval even when the error itself is estimated from few
+effective samples. Coverage of these intervals is measured in benchmarks/protocol_coverage.py.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 GAS_CONSTANT_KJ = 8.314462618e-3  # kJ/(mol K)
 BAR_NM3_TO_KJ_MOL = 1e5 * 1e-27 * 6.02214076e23 / 1e3  # p V in bar nm^3 -> kJ/mol
@@ -22,11 +27,13 @@ MIN_SAMPLES = 10
 # effective (uncorrelated) samples, and at least MIN_PRODUCTION_FRACTION of the requested
 # production must remain after the detected equilibration.
 MIN_N_EFF = 20
-MIN_PRODUCTION_FRACTION = 0.5
+MAX_EQUILIBRATION_FRACTION = 0.5  # of the production; beyond it the run is still relaxing
 MIN_REPLICAS_FOR_SCATTER = 3
-CONVERGENCE_RULE = (f"every property of every replica has >= {MIN_N_EFF} effective samples and "
-                    f">= {MIN_PRODUCTION_FRACTION:.0%} of its production after the detected "
-                    f"equilibration; a replica-scatter error needs >= {MIN_REPLICAS_FOR_SCATTER} replicas")
+BLOCK_COUNTS = (5, 8, 10)
+ONE_SIGMA = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # 0.8413: two-sided 68.27 %
+CONVERGENCE_RULE = (f"every property of every replica has >= {MIN_N_EFF} effective samples, and "
+                    f"the detected equilibration leaves >= {1 - MAX_EQUILIBRATION_FRACTION:.0%} of the "
+                    f"production; a replica-scatter error needs >= {MIN_REPLICAS_FOR_SCATTER} replicas")
 
 
 def _timeseries():
@@ -69,24 +76,44 @@ def statistical_inefficiency(series: np.ndarray) -> float:
     return float(_timeseries().statistical_inefficiency(series))
 
 
+def block_stderr(series: np.ndarray, n_blocks: int) -> float:
+    """Standard error of the mean from ``n_blocks`` equal consecutive blocks (the first
+    len % n_blocks samples are left out)."""
+    length = len(series) // n_blocks
+    means = series[len(series) - length * n_blocks:].reshape(n_blocks, length).mean(axis=1)
+    return float(means.std(ddof=1) / math.sqrt(n_blocks))
+
+
 def estimate(series: np.ndarray) -> Estimate:
-    """Mean and standard error of an equilibrated, correlated series."""
+    """Mean and conservative standard error of an equilibrated, correlated series (see the
+    module docstring); ``statistical_inefficiency`` and ``n_eff`` are the ones implied by
+    that error."""
     series = np.asarray(series, dtype=float)
     n = len(series)
     if n < 2:
         raise ValueError(f"need at least 2 samples to estimate an uncertainty, got {n}")
-    g = statistical_inefficiency(series)
-    return Estimate(float(series.mean()), float(series.std(ddof=1) * math.sqrt(g / n)), g, n, n / g)
+    naive = float(series.std(ddof=1) / math.sqrt(n))
+    if naive == 0.0:
+        return Estimate(float(series.mean()), 0.0, 1.0, n, float(n))
+    error = naive * math.sqrt(statistical_inefficiency(series))
+    for n_blocks in BLOCK_COUNTS:
+        if n >= 2 * n_blocks:
+            error = max(error, block_stderr(series, n_blocks))
+    g = (error / naive) ** 2
+    n_eff = n / g
+    widened = error * float(stats.t.ppf(ONE_SIGMA, max(1.0, n_eff - 1)))
+    return Estimate(float(series.mean()), widened, float(g), n, float(n_eff))
 
 
-def convergence_problems(estimate: dict, production_ps: float, requested_ps: float) -> list[str]:
-    """Why one property's estimate is not converged (empty list: it is)."""
+def convergence_problems(estimate: dict, phase: dict) -> list[str]:
+    """Why one property's estimate is not converged (empty list: it is); ``phase`` is the
+    phase analysis (see protocol.analyse_phase)."""
     problems = []
     if estimate["n_eff"] < MIN_N_EFF:
         problems.append(f"{estimate['n_eff']:.1f} effective samples (need >= {MIN_N_EFF})")
-    if production_ps < MIN_PRODUCTION_FRACTION * requested_ps:
-        problems.append(f"only {production_ps:.2f} ps after the detected equilibration "
-                        f"(need >= {MIN_PRODUCTION_FRACTION:.0%} of the {requested_ps:g} ps production)")
+    if phase["equilibration_capped"]:
+        problems.append(f"equilibration detected at {phase['t_equil_detected_ps']:.2f} ps, more than "
+                        f"{MAX_EQUILIBRATION_FRACTION:.0%} into the production: still relaxing")
     return problems
 
 

@@ -109,11 +109,16 @@ def analyse_phase(table: dict[str, np.ndarray], burn_in_ps: float, observables: 
     if len(times) - first < analysis.MIN_SAMPLES:
         raise ValueError(f"only {len(times) - first} samples after the {burn_in_ps} ps equilibration; "
                          f"production needs at least {analysis.MIN_SAMPLES} reports")
-    start = analysis.common_start(list(observables.values()), first)
-    t_equil = float(times[start - 1]) if start > 0 else 0.0
-    result = {"t_equil_ps": t_equil, "start_index": start, "n_samples": int(len(times) - start),
-              "length_ps": float(times[-1]), "production_ps": float(times[-1]) - t_equil,
-              "ns_per_day": float(np.median(table["ns_per_day"]))}
+    detected = analysis.common_start(list(observables.values()), first)
+    # never discard more than MAX_EQUILIBRATION_FRACTION of the production; a later detection
+    # makes the run "still relaxing" (not converged), see analysis.convergence_problems
+    limit = first + int(analysis.MAX_EQUILIBRATION_FRACTION * (len(times) - first))
+    start = min(detected, limit)
+    at = lambda index: float(times[index - 1]) if index > 0 else 0.0
+    result = {"t_equil_ps": at(start), "t_equil_detected_ps": at(detected),
+              "equilibration_capped": detected > limit, "start_index": start,
+              "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
+              "production_ps": float(times[-1]) - at(start), "ns_per_day": float(np.median(table["ns_per_day"]))}
     for name, series in observables.items():
         result[name] = analysis.estimate(series[start:]).as_dict()
     return result
@@ -261,12 +266,12 @@ def analyse_replica(protocol: LiquidProtocol, replica: int) -> dict:
 def replica_problems(entry: dict, s: ProtocolSettings) -> list[tuple[str, str]]:
     """(phase, reason) for each estimate of this replica that is not converged by the rule of
     ``analysis.convergence_problems`` (empty when all are)."""
-    phases = [("liquid", entry["liquid"], ["density", "potential_per_molecule"], s.production)]
+    phases = [("liquid", entry["liquid"], ["density", "potential_per_molecule"])]
     if "gas" in entry:
-        phases.append(("gas", entry["gas"], ["potential"], s.gas_production))
+        phases.append(("gas", entry["gas"], ["potential"]))
     problems = []
-    for phase_name, phase, names, production in phases:
+    for phase_name, phase, names in phases:
         for name in names:
             problems += [(phase_name, f"replica {entry['replica'] + 1} {phase_name} {name}: {p}")
-                         for p in analysis.convergence_problems(phase[name], phase["production_ps"], production)]
+                         for p in analysis.convergence_problems(phase[name], phase)]
     return problems

@@ -25,14 +25,16 @@ def test_ar1_mean_and_statistical_inefficiency_recovered():
     phi, mean, n = 0.8, 3.0, 4000
     true_g = (1 + phi) / (1 - phi)
     true_stderr = 1.0 * math.sqrt(true_g / n)
-    estimates = [analysis.estimate(x) for x in ar1(phi, n, mean, 1.0, rng, count=60)]
-    g = np.array([e.statistical_inefficiency for e in estimates])
+    series = ar1(phi, n, mean, 1.0, rng, count=60)
+    g = np.array([analysis.statistical_inefficiency(x) for x in series])
     assert abs(np.mean(g) / true_g - 1) < 0.1, (np.mean(g), true_g)
-    stderr = np.array([e.stderr for e in estimates])
-    assert abs(np.mean(stderr) / true_stderr - 1) < 0.1
+    estimates = [analysis.estimate(x) for x in series]
+    # the reported error is conservative (block averages, t factor) but not inflated
+    ratio = np.mean([e.stderr for e in estimates]) / true_stderr
+    assert 0.95 < ratio < 1.35, ratio
     # the stated error is honest: ~68 % of the means lie within one stderr, ~95 % within two
-    z = np.abs(np.array([e.mean for e in estimates]) - mean) / stderr
-    assert 0.5 < np.mean(z < 1) < 0.85
+    z = np.abs(np.array([e.mean for e in estimates]) - mean) / np.array([e.stderr for e in estimates])
+    assert 0.5 < np.mean(z < 1) < 0.9
     assert np.mean(z < 2) > 0.85
     assert all(abs(e.n_eff - n / e.statistical_inefficiency) < 1e-9 for e in estimates)
 
