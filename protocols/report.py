@@ -254,8 +254,11 @@ def write_outputs(protocol, results: dict) -> dict:
         "rdf": {"site": rdf["site"], "frames": rdf["frames"], "file": "rdf.csv"},
         "settings": asdict(s), "model": model_info(protocol), "versions": versions(),
         "wall_time_s": protocol.wall_time(), "plots": files,
-        "uncertainty_method": "stderr = s*sqrt(g/n) per replica after pymbar equilibration detection "
-                              "(g: statistical inefficiency); replicas: max(propagated, scatter/sqrt(R))"})
+        "uncertainty_method": "per replica: after pymbar equilibration detection (at most half the "
+                              "production discarded), stderr = max(s*sqrt(g/n), block-average errors "
+                              "with 5/8/10 blocks) x Student-t factor for n_eff-1 dof; replicas: "
+                              "max(propagated, scatter/sqrt(R)) with >= 3 replicas. Coverage: "
+                              "benchmarks/RESULTS.md"})
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "summary.md").write_text(summary_table(report))
     return report
