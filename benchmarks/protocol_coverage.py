@@ -75,27 +75,46 @@ def binomial_band(n: int, p: float = P_NOMINAL) -> tuple[float, float]:
     return float(binom.ppf(0.025, n, p) / n), float(binom.ppf(0.975, n, p) / n)
 
 
+GROUP = 4  # replicas per simulated multi-replica protocol run
+
+
+def grouped(per_replica: list[dict], key: str) -> list[dict]:
+    """Consecutive groups of GROUP replicas combined as a protocol run with --replicas GROUP."""
+    groups = [per_replica[k:k + GROUP] for k in range(0, len(per_replica) - GROUP + 1, GROUP)]
+    return [dict(analysis.combine_replicas([(r[key]["mean"], r[key]["stderr"]) for r in group]),
+                 converged=all(r["converged"] for r in group)) for group in groups]
+
+
 def coverage_rows(protocol: LiquidProtocol, reference: dict) -> list[dict]:
     s = protocol.settings
     per_replica = [analyse_replica(protocol, r) for r in range(s.replicas)]
     rows = []
     for key, label in (("density_g_cm3", "density"), ("hvap_kj_mol", "ΔHvap")):
-        true_value, true_error = reference[key]
-        means = np.array([r[key]["mean"] for r in per_replica])
-        errors = np.array([r[key]["stderr"] for r in per_replica])
-        z = (means - true_value) / np.hypot(errors, true_error)
-        converged = np.array([r["converged"] for r in per_replica])
-        low, high = binomial_band(len(z))
-        covered = float(np.mean(np.abs(z) < 1))
-        rows.append({
-            "length": f"{s.equilibration:g}+{s.production:g} ps", "property": label, "replicas": len(z),
-            "coverage": covered, "band": (low, high), "within_band": bool(low <= covered <= high),
-            "median_abs_z": float(np.median(np.abs(z))), "max_abs_z": float(np.max(np.abs(z))),
-            "sd_of_means": float(np.std(means, ddof=1)), "median_stderr": float(np.median(errors)),
-            "pooled_mean": float(means.mean()), "truth": true_value, "truth_stderr": true_error,
-            "converged_fraction": float(converged.mean()),
-            "coverage_of_converged": float(np.mean(np.abs(z[converged]) < 1)) if converged.any() else None})
+        rows.append(coverage_row(f"{s.equilibration:g}+{s.production:g} ps", label,
+                                 [dict(r[key], converged=r["converged"]) for r in per_replica], reference[key]))
+        if len(per_replica) >= 2 * GROUP:
+            rows.append(coverage_row(f"{s.equilibration:g}+{s.production:g} ps, {GROUP}-replica runs", label,
+                                     grouped(per_replica, key), reference[key]))
     return rows
+
+
+def coverage_row(length: str, label: str, estimates: list[dict], reference: tuple) -> dict:
+    """Coverage of ±1σ intervals ``estimates`` ({mean, stderr, converged}) of the truth."""
+    true_value, true_error = reference
+    means = np.array([e["mean"] for e in estimates])
+    errors = np.array([e["stderr"] for e in estimates])
+    z = (means - true_value) / np.hypot(errors, true_error)
+    converged = np.array([e["converged"] for e in estimates])
+    low, high = binomial_band(len(z))
+    covered = float(np.mean(np.abs(z) < 1))
+    return {
+        "length": length, "property": label, "replicas": len(z),
+        "coverage": covered, "band": (low, high), "within_band": bool(low <= covered <= high),
+        "median_abs_z": float(np.median(np.abs(z))), "max_abs_z": float(np.max(np.abs(z))),
+        "sd_of_means": float(np.std(means, ddof=1)), "median_stderr": float(np.median(errors)),
+        "pooled_mean": float(means.mean()), "truth": true_value, "truth_stderr": true_error,
+        "converged_fraction": float(converged.mean()),
+        "coverage_of_converged": float(np.mean(np.abs(z[converged]) < 1)) if converged.any() else None}
 
 
 def table(rows: list[dict]) -> str:
