@@ -172,7 +172,8 @@ def test_npt_moves_the_volume_with_a_working_acceptance_rate(model_file):
     assert 0.05 < accepted < 0.95, f"barostat acceptance {accepted:.2f}"
 
 
-@pytest.mark.parametrize("smooth_node_order", [True, False])
+# the negative control also runs in the default suite through ASE (test_calculator.py)
+@pytest.mark.parametrize("smooth_node_order", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_nve_total_energy_fluctuation_shrinks_as_dt_squared(smooth_node_order, tmp_path):
     """OpenMM VerletIntegrator, TorchForce float64 on Reference, shipped model, 16 waters:
     the total energy's RMS fluctuation falls 4x per halved timestep (see nve_convergence);
