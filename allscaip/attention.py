@@ -85,18 +85,15 @@ class NeighborhoodAttention(nn.Module):
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.use_freq_mask = use_freq_mask
         self.frequency_repeats = frequency_repeats
+        # channel of q/k that feeds each modulated channel: block l tiled 2l+1 times
+        source = [sum(frequency_repeats[:l]) + c for l, count in enumerate(frequency_repeats)
+                  for c in range(count) for _ in range(2 * l + 1)]
+        self.register_buffer("frequency_source", torch.tensor(source, dtype=torch.long), persistent=False)
 
     def expand_by_frequency(self, x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
         """Tile channel block l (repeats[l] channels) 2l+1 times and multiply by the
-        per-edge harmonics: (N, heads, P, head_dim) -> (N, heads, P, F)."""
-        parts: List[torch.Tensor] = []
-        start = 0
-        for l, count in enumerate(self.frequency_repeats):
-            if count > 0:
-                block = x[..., start:start + count].unsqueeze(-1).expand(-1, -1, -1, -1, 2 * l + 1)
-                parts.append(block.reshape(x.shape[0], x.shape[1], x.shape[2], count * (2 * l + 1)))
-                start += count
-        return torch.cat(parts, dim=-1) * frequencies.unsqueeze(1)
+        per-edge harmonics: (N, heads, P, head_dim) -> (N, heads, P, F), one gather."""
+        return torch.index_select(x, 3, self.frequency_source) * frequencies.unsqueeze(1)
 
     def modulate(self, q: torch.Tensor, k: torch.Tensor,
                  frequencies: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

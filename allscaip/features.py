@@ -83,15 +83,16 @@ def frequency_vectors(harmonics: torch.Tensor, repeats: List[int]) -> torch.Tens
     harmonics / sqrt(2l+1), tiled repeats[l] times -> (E, sum_l repeats[l](2l+1)).
 
     harmonics: (E, >=(len(repeats))^2) edge-direction harmonics."""
-    parts: List[torch.Tensor] = []
-    start = 0
+    columns: List[int] = []
+    degrees: List[int] = []
     for l in range(len(repeats)):
-        width = 2 * l + 1
-        if repeats[l] > 0:
-            block = harmonics[:, start:start + width] / math.sqrt(width)
-            parts.append(block.repeat(1, repeats[l]))
-        start += width
-    return torch.cat(parts, dim=-1)
+        for _ in range(repeats[l]):
+            columns += list(range(l * l, (l + 1) * (l + 1)))
+            degrees += [l] * (2 * l + 1)
+    index = torch.tensor(columns, dtype=torch.long, device=harmonics.device)
+    # integer lists only: TorchScript builds float lists through float32
+    width = 2 * torch.tensor(degrees, dtype=torch.long, device=harmonics.device).to(harmonics.dtype) + 1
+    return torch.index_select(harmonics, 1, index) / width.sqrt()
 
 
 def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> torch.Tensor:

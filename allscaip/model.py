@@ -17,7 +17,7 @@ from allscaip.features import (bond_orientational_order, frequency_vectors, gaus
 from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias,
                             minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
                             wrap_positions)
-from allscaip.spherical import spherical_harmonics
+from allscaip.spherical import PolynomialHarmonics
 
 CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
 N_CHARGES = 201
@@ -229,6 +229,7 @@ class Backbone(nn.Module):
         self.order_lmax = cfg.node_direction_expansion_size - 1
         self.harmonics_lmax = max(self.edge_lmax, self.order_lmax,
                                   len(cfg.freequency_list) - 1 if cfg.use_freq_mask else 0)
+        self.harmonics = PolynomialHarmonics(self.harmonics_lmax)
         offsets = gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size)
         self.register_buffer("distance_offsets", offsets, persistent=False)
         self.gaussian_grid: Tuple[float, float] = gaussian_grid(offsets)
@@ -248,7 +249,7 @@ class Backbone(nn.Module):
             self.knn_delta)
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
-        harmonics = spherical_harmonics(self.harmonics_lmax, unit_vectors(graph.edge_disp))
+        harmonics = self.harmonics(unit_vectors(graph.edge_disp))
         gauss_index, gauss_value = gaussian_window(distance, self.distance_offsets, 20, self.gaussian_grid)
         edge_harmonics = harmonics[:, :(self.edge_lmax + 1) * (self.edge_lmax + 1)]
         if self.smooth_node_order:

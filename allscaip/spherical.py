@@ -61,3 +61,65 @@ def spherical_harmonics(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
             azimuthal = sin_m[am] if m < 0 else cos_m[am]
             components.append(_normalisation(l, am) * legendre[l][am] * azimuthal)
     return torch.stack(components, dim=-1)
+
+
+def monomial_exponents(lmax: int) -> torch.Tensor:
+    """(3, M) exponents (a, b, c) of the monomials x^a y^b z^c of degree <= lmax."""
+    triples = [(a, b, degree - a - b) for degree in range(lmax + 1)
+               for a in range(degree, -1, -1) for b in range(degree - a, -1, -1)]
+    return torch.tensor(triples, dtype=torch.long).T.contiguous()
+
+
+def monomials(vectors: torch.Tensor, exponents: torch.Tensor, lmax: int) -> torch.Tensor:
+    """(..., 3) -> (..., M): every monomial x^a y^b z^c of ``exponents`` (3, M)."""
+    powers: List[torch.Tensor] = [torch.ones_like(vectors), vectors]
+    for _ in range(2, lmax + 1):
+        powers.append(powers[-1] * vectors)
+    table = torch.stack(powers[:lmax + 1], dim=-1)  # (..., 3, lmax + 1)
+    return (torch.index_select(table[..., 0, :], -1, exponents[0])
+            * torch.index_select(table[..., 1, :], -1, exponents[1])
+            * torch.index_select(table[..., 2, :], -1, exponents[2]))
+
+
+def harmonic_coefficients(lmax: int, exponents: torch.Tensor) -> torch.Tensor:
+    """(M, (lmax+1)^2) float64 matrix C with spherical_harmonics(lmax, v) = monomials(v) @ C.
+
+    Each Y_lm is a homogeneous polynomial of degree l, so each degree's block of C is found
+    exactly (to float64 round-off) by solving on random points; coefficients below 1e-13
+    are exact zeros."""
+    points = torch.randn(8 * exponents.shape[1], 3, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(0))
+    basis = monomials(points, exponents, lmax)
+    values = spherical_harmonics(lmax, points)
+    degree = exponents.sum(dim=0)
+    coefficients = torch.zeros(exponents.shape[1], (lmax + 1) ** 2, dtype=torch.float64)
+    for l in range(lmax + 1):
+        rows = (degree == l).nonzero().flatten()
+        block = torch.linalg.lstsq(basis[:, rows], values[:, l * l:(l + 1) * (l + 1)]).solution
+        coefficients[rows, l * l:(l + 1) * (l + 1)] = block
+    return torch.where(coefficients.abs() < 1e-13, torch.zeros_like(coefficients), coefficients)
+
+
+class PolynomialHarmonics(torch.nn.Module):
+    """``spherical_harmonics`` as one matrix product over monomials: a dozen tensor
+    operations for any lmax instead of hundreds (the same values to float round-off)."""
+
+    def __init__(self, lmax: int):
+        super().__init__()
+        self.lmax = lmax
+        exponents = monomial_exponents(lmax)
+        self.register_buffer("exponents", exponents, persistent=False)
+        self.register_buffer("coefficients", harmonic_coefficients(lmax, exponents), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """Move with the module but keep the coefficients in float64 (cast at use), so that a
+        float32 round trip cannot round them."""
+        coefficients = self.coefficients
+        super()._apply(fn, recurse)
+        device = fn(torch.zeros(0, device=coefficients.device)).device
+        self.coefficients = coefficients.to(device)
+        return self
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Y_lm for l = 0..lmax of unit (or zero) ``vectors`` (E, 3) -> (E, (lmax+1)^2)."""
+        return monomials(vectors, self.exponents, self.lmax) @ self.coefficients.to(vectors.dtype)

@@ -1,0 +1,48 @@
+"""The model's function is pinned while its implementation gets faster: every golden
+structure, with every golden checkpoint and the shipped default model, gives the float64
+energy, forces and virial recorded at the reference commit (tools/make_regression_outputs.py)
+to 1e-9 eV, eV/Å and eV, eagerly and through TorchScript."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from allscaip.export import script_model
+from conftest import CONFIGS, fresh_model, golden_structures, model_inputs
+
+RECORD = json.loads((Path(__file__).parent / "fixtures" / "regression" / "outputs.json").read_text())
+TOLERANCE = 1e-9
+DEFAULT_MODEL = Path(__file__).parents[1] / "models" / "allscaip-spcfw-water" / "model.pt"
+
+
+def model_named(name: str):
+    if name == "default_model":
+        from allscaip.io import load_model
+
+        return load_model(str(DEFAULT_MODEL)).to(torch.float64).eval()
+    return fresh_model(name)
+
+
+def check(name: str, expected: dict, energy, forces, virial) -> None:
+    assert abs(float(energy) - expected["energy"]) < TOLERANCE, name
+    np.testing.assert_allclose(forces.detach().numpy(), np.array(expected["forces"]), rtol=0, atol=TOLERANCE)
+    if len(expected["virial"]) and not torch.isnan(virial).any():
+        np.testing.assert_allclose(virial.detach().numpy(), np.array(expected["virial"]), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", CONFIGS + ["default_model"])
+def test_eager_and_torchscript_reproduce_the_recorded_function(name):
+    model = model_named(name)
+    scripted = script_model(model_named(name), torch.float64)
+    recorded = RECORD["models"][name]
+    assert recorded, name
+    for structure in golden_structures():
+        if structure["name"] not in recorded:
+            continue
+        inputs = model_inputs(structure)
+        expected = recorded[structure["name"]]
+        check(structure["name"], expected, *model(*inputs, True, not model.direct_forces))
+        check(structure["name"], expected, *scripted(*inputs))
