@@ -15,7 +15,7 @@ destination rank of i -> (j, m) as the source rank of j -> (i, -m) (same distanc
 The image set is fairchem's: ceil(cutoff / plane spacing) cells along each periodic axis.
 """
 
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -194,15 +194,18 @@ def _position_in_segment(sorted_segment: torch.Tensor, n_segments: int) -> torch
 
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                          cutoff: float, knn_k: int, rank_scale: float = 0.2,
-                         lse_scale: float = 0.1, knn_delta: int = 20) -> NeighborGraph:
+                         lse_scale: float = 0.1, knn_delta: int = 20,
+                         reps: Optional[List[int]] = None) -> NeighborGraph:
     """The soft bi-kNN graph of one system; differentiable in positions and cell.
 
     positions: (N, 3) Angstrom, already wrapped; cell: (3, 3) rows are lattice vectors;
-    pbc: (3,) bool. Periodic axes need a non-singular cell.
+    pbc: (3,) bool. Periodic axes need a non-singular cell. ``reps``: ``image_reps`` of this
+    cell and cutoff, when the caller has it already.
     """
     n_atoms = positions.shape[0]
     device = positions.device
-    reps = image_reps(cell.detach(), pbc, cutoff)
+    if reps is None:
+        reps = image_reps(cell.detach(), pbc, cutoff)
     images = lattice_images(reps, cell.detach())
     n_images = images.shape[0]
     offsets = images @ cell  # differentiable in the (strained) cell
@@ -307,13 +310,14 @@ def envelope_bias(env: torch.Tensor) -> torch.Tensor:
 
 
 def pair_images(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
-                cutoff: float) -> PairImages:
+                cutoff: float, reps: Optional[List[int]] = None) -> PairImages:
     """Minimum-image bookkeeping over fairchem's image set (the min over enumerated images).
 
     For orthorhombic (or non-periodic) cells rounding the fractional separation gives that
     minimum directly (|n| <= 1 <= reps for wrapped atoms); otherwise all images are searched.
     """
-    reps = image_reps(cell.detach(), pbc, cutoff)
+    if reps is None:
+        reps = image_reps(cell.detach(), pbc, cutoff)
     images = lattice_images(reps, cell.detach())
     widths = [2 * r + 1 for r in reps]
     strides = torch.tensor([widths[1] * widths[2], widths[2], 1], dtype=torch.long, device=positions.device)

@@ -14,7 +14,7 @@ from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sinc_kernels,
                                unit_vectors)
-from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias,
+from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias, image_reps,
                             minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
                             wrap_positions)
 from allscaip.spherical import PolynomialHarmonics
@@ -244,9 +244,10 @@ class Backbone(nn.Module):
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor
                 ) -> Tuple[torch.Tensor, BlockInputs]:
         """Graph and features: initial slot states (N, P, H) and the blocks' other inputs."""
+        reps = image_reps(cell.detach(), pbc, self.cutoff)  # shared by the graph and node attention
         graph: NeighborGraph = build_neighbor_graph(
             positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
-            self.knn_delta)
+            self.knn_delta, reps)
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
         harmonics = self.harmonics(unit_vectors(graph.edge_disp))
@@ -274,7 +275,7 @@ class Backbone(nn.Module):
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
                            torch.zeros(3, dtype=torch.long, device=x.device))
         if self.use_node_path and self.use_sincx_mask:
-            pairs = pair_images(positions, cell, pbc, self.cutoff)
+            pairs = pair_images(positions, cell, pbc, self.cutoff, reps)
             if self.block_size == 0:
                 sinc = sinc_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
         return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, frequencies, sinc, pairs)

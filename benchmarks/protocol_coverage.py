@@ -3,8 +3,8 @@
 Runs many independent short replicas of the liquid protocol with the classical SPC/Fw force
 field (64 waters, the protocol's own boxes, thermostat, barostat and analysis), at two run
 lengths, plus a few long runs that define the "truth" for the same set-up. Then it analyses
-every replica with the protocol's estimator (``allscaip.protocols.protocol.analyse_replica``)
-and reports, for density and ΔHvap, the fraction of replicas whose ±1σ interval contains the
+every replica with the protocol's estimator (``allscaip.protocols.protocol.analyse_replicas``):
+alone, as a one-replica run, and in groups of four, as a ``--replicas 4`` run. It reports, for density and ΔHvap, the fraction of replicas whose ±1σ interval contains the
 truth (expected 0.68, with its binomial 95 % band), the z-score distribution and the
 convergence verdicts.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from allscaip.protocols import analysis
-from allscaip.protocols.protocol import LiquidProtocol, Progress, analyse_replica, read_thermo
+from allscaip.protocols.protocol import LiquidProtocol, Progress, analyse_replicas, read_thermo
 from allscaip.protocols.settings import ProtocolSettings
 
 N_MOLECULES = 64
@@ -78,23 +78,26 @@ def binomial_band(n: int, p: float = P_NOMINAL) -> tuple[float, float]:
 GROUP = 4  # replicas per simulated multi-replica protocol run
 
 
-def grouped(per_replica: list[dict], key: str) -> list[dict]:
-    """Consecutive groups of GROUP replicas combined as a protocol run with --replicas GROUP."""
-    groups = [per_replica[k:k + GROUP] for k in range(0, len(per_replica) - GROUP + 1, GROUP)]
-    return [dict(analysis.combine_replicas([(r[key]["mean"], r[key]["stderr"]) for r in group]),
-                 converged=all(r["converged"] for r in group)) for group in groups]
-
-
 def coverage_rows(protocol: LiquidProtocol, reference: dict) -> list[dict]:
+    """Rows for one replica set: every replica as a one-replica run; consecutive groups of
+    GROUP replicas as ``--replicas GROUP`` runs (the run's combined value, and each replica's
+    own interval inside such a run)."""
     s = protocol.settings
-    per_replica = [analyse_replica(protocol, r) for r in range(s.replicas)]
+    single = [analyse_replicas(protocol, [r])[0] for r in range(s.replicas)]
+    groups = [analyse_replicas(protocol, list(range(k, k + GROUP)))
+              for k in range(0, s.replicas - GROUP + 1, GROUP)] if s.replicas >= 2 * GROUP else []
+    length = f"{s.equilibration:g}+{s.production:g} ps"
     rows = []
     for key, label in (("density_g_cm3", "density"), ("hvap_kj_mol", "ΔHvap")):
-        rows.append(coverage_row(f"{s.equilibration:g}+{s.production:g} ps", label,
-                                 [dict(r[key], converged=r["converged"]) for r in per_replica], reference[key]))
-        if len(per_replica) >= 2 * GROUP:
-            rows.append(coverage_row(f"{s.equilibration:g}+{s.production:g} ps, {GROUP}-replica runs", label,
-                                     grouped(per_replica, key), reference[key]))
+        rows.append(coverage_row(f"{length}, 1-replica runs", label,
+                                 [dict(r[key], converged=r["converged"]) for r in single], reference[key]))
+        if groups:
+            rows.append(coverage_row(f"{length}, replicas of {GROUP}-replica runs", label,
+                                     [dict(r[key], converged=r["converged"]) for g in groups for r in g],
+                                     reference[key]))
+            rows.append(coverage_row(f"{length}, {GROUP}-replica runs", label, [
+                dict(analysis.combine_replicas([(r[key]["mean"], r[key]["stderr"]) for r in g]),
+                     converged=all(r["converged"] for r in g)) for g in groups], reference[key]))
     return rows
 
 
@@ -119,7 +122,7 @@ def coverage_row(length: str, label: str, estimates: list[dict], reference: tupl
 
 def table(rows: list[dict]) -> str:
     header = ("| run | property | R | covered (±1σ) | 95 % band | median / max abs z | sd of means | "
-              "median stderr | pooled mean | truth | converged |")
+              "median stderr | pooled mean | truth | converged | covered, converged only |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in rows:
         digits = 4 if r["property"] == "density" else 2
@@ -128,7 +131,8 @@ def table(rows: list[dict]) -> str:
             f"{'' if r['within_band'] else ' ✗'} | {r['band'][0]:.2f}–{r['band'][1]:.2f} | "
             f"{r['median_abs_z']:.2f} / {r['max_abs_z']:.1f} | {r['sd_of_means']:.{digits}f} | "
             f"{r['median_stderr']:.{digits}f} | {r['pooled_mean']:.{digits}f} | "
-            f"{r['truth']:.{digits}f} ± {r['truth_stderr']:.{digits}f} | {r['converged_fraction']:.2f} |")
+            f"{r['truth']:.{digits}f} ± {r['truth_stderr']:.{digits}f} | {r['converged_fraction']:.2f} | "
+            + (f"{r['coverage_of_converged']:.2f} |" if r["coverage_of_converged"] is not None else "– |"))
     return "\n".join(lines)
 
 

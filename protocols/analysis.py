@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import stats
@@ -53,9 +53,14 @@ class Estimate:
     statistical_inefficiency: float
     n_samples: int
     n_eff: float
+    g_floor: float = 1.0  # statistical inefficiency pooled over replicas, used as a floor
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Estimate":
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def detect_equilibration(series: np.ndarray) -> int:
@@ -76,6 +81,16 @@ def statistical_inefficiency(series: np.ndarray) -> float:
     return float(_timeseries().statistical_inefficiency(series))
 
 
+def pooled_statistical_inefficiency(series: list[np.ndarray]) -> float:
+    """One statistical inefficiency from several independent series of the same process (the
+    replicas of a run): their autocorrelation functions averaged (pymbar's
+    ``statistical_inefficiency_multiple``), far less noisy than any single series' estimate."""
+    usable = [np.asarray(x, dtype=float) for x in series if len(x) >= 2 and np.ptp(x) > 0]
+    if not usable:
+        return 1.0
+    return float(_timeseries().statistical_inefficiency_multiple(usable))
+
+
 def block_stderr(series: np.ndarray, n_blocks: int) -> float:
     """Standard error of the mean from ``n_blocks`` equal consecutive blocks (the first
     len % n_blocks samples are left out)."""
@@ -84,25 +99,26 @@ def block_stderr(series: np.ndarray, n_blocks: int) -> float:
     return float(means.std(ddof=1) / math.sqrt(n_blocks))
 
 
-def estimate(series: np.ndarray) -> Estimate:
+def estimate(series: np.ndarray, g_floor: float = 1.0) -> Estimate:
     """Mean and conservative standard error of an equilibrated, correlated series (see the
     module docstring); ``statistical_inefficiency`` and ``n_eff`` are the ones implied by
-    that error."""
+    that error. ``g_floor``: a lower bound on the statistical inefficiency (pooled over
+    replicas of the same run)."""
     series = np.asarray(series, dtype=float)
     n = len(series)
     if n < 2:
         raise ValueError(f"need at least 2 samples to estimate an uncertainty, got {n}")
     naive = float(series.std(ddof=1) / math.sqrt(n))
     if naive == 0.0:
-        return Estimate(float(series.mean()), 0.0, 1.0, n, float(n))
-    error = naive * math.sqrt(statistical_inefficiency(series))
+        return Estimate(float(series.mean()), 0.0, 1.0, n, float(n), g_floor)
+    error = naive * math.sqrt(max(statistical_inefficiency(series), g_floor))
     for n_blocks in BLOCK_COUNTS:
         if n >= 2 * n_blocks:
             error = max(error, block_stderr(series, n_blocks))
     g = (error / naive) ** 2
     n_eff = n / g
     widened = error * float(stats.t.ppf(ONE_SIGMA, max(1.0, n_eff - 1)))
-    return Estimate(float(series.mean()), widened, float(g), n, float(n_eff))
+    return Estimate(float(series.mean()), widened, float(g), n, float(n_eff), float(g_floor))
 
 
 def convergence_problems(estimate: dict, phase: dict) -> list[str]:
@@ -138,9 +154,10 @@ def pv_term(pressure_bar: float, mean_volume_nm3: float, n_molecules: int) -> fl
 def combine_replicas(values: list[tuple[float, float]]) -> dict:
     """Mean over independent replicas (value, stderr). ``stderr_within`` propagates the
     per-replica errors; with MIN_REPLICAS_FOR_SCATTER or more replicas ``stderr_between`` (the
-    scatter of replica means / sqrt(R)) is estimated too and ``stderr`` is the larger of the
-    two, so neither is understated. Fewer replicas cannot estimate a scatter: ``stderr`` is the
-    propagated error."""
+    scatter of replica means / sqrt(R), widened by the Student-t factor for R - 1 degrees of
+    freedom, so that it is a 68 % interval however few the replicas) is estimated too and
+    ``stderr`` is the larger of the two, so neither is understated. Fewer replicas cannot
+    estimate a scatter: ``stderr`` is the propagated error."""
     means = np.array([v for v, _ in values], dtype=float)
     errors = np.array([e for _, e in values], dtype=float)
     count = len(means)
@@ -148,9 +165,10 @@ def combine_replicas(values: list[tuple[float, float]]) -> dict:
     out = {"mean": float(means.mean()), "stderr_within": within, "n_replicas": count,
            "replicas": [{"mean": float(m), "stderr": float(e)} for m, e in zip(means, errors)]}
     if count >= MIN_REPLICAS_FOR_SCATTER:
-        out["stderr_between"] = float(means.std(ddof=1) / math.sqrt(count))
+        scatter = float(means.std(ddof=1) / math.sqrt(count))
+        out["stderr_between"] = scatter * float(stats.t.ppf(ONE_SIGMA, count - 1))
         out["stderr"] = max(within, out["stderr_between"])
-        out["error_basis"] = "max(propagated per-replica errors, replica scatter)"
+        out["error_basis"] = "max(propagated per-replica errors, replica scatter x Student-t(R-1))"
     else:
         out["stderr"] = within
         out["error_basis"] = (f"propagated per-replica errors ({count} replica(s); a replica "

@@ -102,8 +102,10 @@ def read_thermo(path: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
-def analyse_phase(table: dict[str, np.ndarray], burn_in_ps: float, observables: dict[str, np.ndarray]) -> dict:
-    """Discard ``burn_in_ps``, detect equilibration on all observables jointly, estimate each."""
+def production_window(table: dict[str, np.ndarray], burn_in_ps: float,
+                      observables: dict[str, np.ndarray]) -> dict:
+    """Discard ``burn_in_ps``, detect equilibration on all observables jointly: the phase's
+    production window and its production series (``series``), not yet estimated."""
     times = table["time_ps"]
     first = int(np.searchsorted(times, burn_in_ps, side="right"))
     if len(times) - first < analysis.MIN_SAMPLES:
@@ -115,13 +117,24 @@ def analyse_phase(table: dict[str, np.ndarray], burn_in_ps: float, observables: 
     limit = first + int(analysis.MAX_EQUILIBRATION_FRACTION * (len(times) - first))
     start = min(detected, limit)
     at = lambda index: float(times[index - 1]) if index > 0 else 0.0
-    result = {"t_equil_ps": at(start), "t_equil_detected_ps": at(detected),
-              "equilibration_capped": detected > limit, "start_index": start,
-              "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
-              "production_ps": float(times[-1]) - at(start), "ns_per_day": float(np.median(table["ns_per_day"]))}
-    for name, series in observables.items():
-        result[name] = analysis.estimate(series[start:]).as_dict()
-    return result
+    return {"t_equil_ps": at(start), "t_equil_detected_ps": at(detected),
+            "equilibration_capped": detected > limit, "start_index": start,
+            "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
+            "production_ps": float(times[-1]) - at(start), "ns_per_day": float(np.median(table["ns_per_day"])),
+            "series": {name: np.asarray(values[start:], dtype=float) for name, values in observables.items()}}
+
+
+def estimate_phases(phases: list[dict]) -> None:
+    """Estimate every observable of the same phase of several replicas, in place: each
+    replica's error uses at least the statistical inefficiency pooled over all of them
+    (``analysis.pooled_statistical_inefficiency``; a single replica has only its own)."""
+    for name in phases[0]["series"]:
+        series = [phase["series"][name] for phase in phases]
+        floor = analysis.pooled_statistical_inefficiency(series) if len(series) > 1 else 1.0
+        for phase, values in zip(phases, series):
+            phase[name] = analysis.estimate(values, g_floor=floor).as_dict()
+    for phase in phases:
+        del phase["series"]
 
 
 class LiquidProtocol:
@@ -228,7 +241,7 @@ class LiquidProtocol:
     # -- analysis ------------------------------------------------------------------------
     def analyse(self) -> dict:
         s = self.settings
-        replicas = [analyse_replica(self, replica) for replica in range(s.replicas)]
+        replicas = analyse_replicas(self, list(range(s.replicas)))
         results = {"replicas": replicas, "density_g_cm3": analysis.combine_replicas(
             [(r["density_g_cm3"]["mean"], r["density_g_cm3"]["stderr"]) for r in replicas])}
         if s.needs_gas:
@@ -237,30 +250,40 @@ class LiquidProtocol:
         return results
 
 
-def analyse_replica(protocol: LiquidProtocol, replica: int) -> dict:
-    """Estimates of one replica from its stored time series: liquid (and gas) phase
-    statistics, density, ΔHvap and the pV term."""
+def analyse_replicas(protocol: LiquidProtocol, indices: list[int]) -> list[dict]:
+    """Estimates of the replicas ``indices`` from their stored time series, analysed together
+    as one protocol run: liquid (and gas) phase statistics, density, ΔHvap and the pV term, and
+    each replica's convergence verdict."""
     s = protocol.settings
-    folder = protocol.replica_dir(replica)
-    table = read_thermo(folder / "liquid" / "thermo.csv")
-    per_molecule = table["potential_kJ_mol"] / s.n_molecules
-    liquid = analyse_phase(table, s.equilibration, {"density": table["density_g_cm3"],
-                                                    "potential_per_molecule": per_molecule,
-                                                    "volume_nm3": table["volume_nm3"]})
-    entry = {"replica": replica, "liquid": liquid,
-             "density_g_cm3": {k: liquid["density"][k] for k in ("mean", "stderr")},
-             "pv_term_kj_mol": analysis.pv_term(s.pressure, liquid["volume_nm3"]["mean"], s.n_molecules)}
-    if s.needs_gas:
-        gas_table = read_thermo(folder / "gas" / "thermo.csv")
-        entry["gas"] = analyse_phase(gas_table, s.gas_equilibration, {"potential": gas_table["potential_kJ_mol"]})
-        entry["hvap_kj_mol"] = analysis.hvap(analysis.Estimate(**entry["gas"]["potential"]),
-                                             analysis.Estimate(**liquid["potential_per_molecule"]),
-                                             s.temperature)
-    problems = replica_problems(entry, s)
-    entry["problems"] = [text for _, text in problems]
-    entry["unconverged_phases"] = sorted({phase for phase, _ in problems})
-    entry["converged"] = not problems
-    return entry
+    entries, liquids, gases = [], [], []
+    for replica in indices:
+        folder = protocol.replica_dir(replica)
+        table = read_thermo(folder / "liquid" / "thermo.csv")
+        liquids.append(production_window(table, s.equilibration, {
+            "density": table["density_g_cm3"], "potential_per_molecule": table["potential_kJ_mol"] / s.n_molecules,
+            "volume_nm3": table["volume_nm3"]}))
+        entry = {"replica": replica, "liquid": liquids[-1]}
+        if s.needs_gas:
+            gas_table = read_thermo(folder / "gas" / "thermo.csv")
+            gases.append(production_window(gas_table, s.gas_equilibration, {"potential": gas_table["potential_kJ_mol"]}))
+            entry["gas"] = gases[-1]
+        entries.append(entry)
+    estimate_phases(liquids)
+    if gases:
+        estimate_phases(gases)
+    for entry in entries:
+        liquid = entry["liquid"]
+        entry["density_g_cm3"] = {k: liquid["density"][k] for k in ("mean", "stderr")}
+        entry["pv_term_kj_mol"] = analysis.pv_term(s.pressure, liquid["volume_nm3"]["mean"], s.n_molecules)
+        if "gas" in entry:
+            entry["hvap_kj_mol"] = analysis.hvap(analysis.Estimate.from_dict(entry["gas"]["potential"]),
+                                                 analysis.Estimate.from_dict(liquid["potential_per_molecule"]),
+                                                 s.temperature)
+        problems = replica_problems(entry, s)
+        entry["problems"] = [text for _, text in problems]
+        entry["unconverged_phases"] = sorted({phase for phase, _ in problems})
+        entry["converged"] = not problems
+    return entries
 
 
 def replica_problems(entry: dict, s: ProtocolSettings) -> list[tuple[str, str]]:
