@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from allscaip.protocols import analysis
 from allscaip.protocols.protocol import LiquidProtocol, Progress, analyse_replicas, read_thermo
@@ -51,7 +52,8 @@ def simulate(settings: ProtocolSettings, quiet: bool) -> LiquidProtocol:
 
 def truth(protocol: LiquidProtocol) -> dict:
     """Long-run values: every replica's series after its equilibration time, pooled; the
-    uncertainty is the scatter of the replica means / sqrt(R)."""
+    uncertainty is the scatter of the replica means / sqrt(R), widened by Student-t(R - 1)
+    like a protocol run's."""
     s = protocol.settings
     density, liquid, gas = [], [], []
     for replica in range(s.replicas):
@@ -62,7 +64,8 @@ def truth(protocol: LiquidProtocol) -> dict:
         gas_table = read_thermo(protocol.replica_dir(replica) / "gas" / "thermo.csv")
         gas.append(gas_table["potential_kJ_mol"][gas_table["time_ps"] > s.gas_equilibration].mean())
     hvap = np.array(gas) - np.array(liquid) + analysis.GAS_CONSTANT_KJ * s.temperature
-    error = lambda values: float(np.std(values, ddof=1) / math.sqrt(len(values)))
+    error = lambda values: float(np.std(values, ddof=1) / math.sqrt(len(values))
+                                 * stats.t.ppf(analysis.ONE_SIGMA, len(values) - 1))
     return {"density_g_cm3": (float(np.mean(density)), error(density)),
             "hvap_kj_mol": (float(np.mean(hvap)), error(hvap)),
             "replicas": s.replicas, "production_ps": s.production}

@@ -3,12 +3,16 @@
 heat of vaporization, and the combination of independent replicas.
 
 The standard error of a mean over the production part is the larger of ``s * sqrt(g / n)``
-(s: sample standard deviation, g: pymbar's statistical inefficiency, n: samples) and the
-block-average errors with BLOCK_COUNTS blocks; both underestimate on short series (the
-autocorrelation estimate is cut off early, blocks shorter than the correlation time are
-correlated). The result is then widened by the Student-t factor for n_eff - 1 degrees of
-freedom, so that ±1 stderr is a 68 % interval even when the error itself is estimated from few
-effective samples. Coverage of these intervals is measured in benchmarks/protocol_coverage.py.
+(s: sample standard deviation, n: samples, g: the statistical inefficiency -- pooled over the
+replicas of the run when there are several, since one short series' own g is noisy and
+biased low -- and the block-average errors with BLOCK_COUNTS blocks; both underestimate on
+short series (the autocorrelation estimate is cut off early, blocks shorter than the
+correlation time are correlated). The result is then widened by the Student-t factor for
+n_eff - 1 degrees of freedom, so that ±1 stderr is a 68 % interval even when the error itself
+is estimated from few effective samples. A run of three or more replicas reports the scatter
+of the replica means, widened by Student-t for R - 1 degrees of freedom, which needs no
+autocorrelation estimate at all. Coverage of these intervals is measured in
+benchmarks/protocol_coverage.py.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class Estimate:
     statistical_inefficiency: float
     n_samples: int
     n_eff: float
-    g_floor: float = 1.0  # statistical inefficiency pooled over replicas, used as a floor
+    pooled_g: float | None = None  # statistical inefficiency pooled over the run's replicas
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,26 +103,27 @@ def block_stderr(series: np.ndarray, n_blocks: int) -> float:
     return float(means.std(ddof=1) / math.sqrt(n_blocks))
 
 
-def estimate(series: np.ndarray, g_floor: float = 1.0) -> Estimate:
+def estimate(series: np.ndarray, pooled_g: float | None = None) -> Estimate:
     """Mean and conservative standard error of an equilibrated, correlated series (see the
     module docstring); ``statistical_inefficiency`` and ``n_eff`` are the ones implied by
-    that error. ``g_floor``: a lower bound on the statistical inefficiency (pooled over
-    replicas of the same run)."""
+    that error. ``pooled_g``: the statistical inefficiency pooled over the replicas of the
+    same run (``pooled_statistical_inefficiency``), used instead of this series' own, far
+    noisier, estimate."""
     series = np.asarray(series, dtype=float)
     n = len(series)
     if n < 2:
         raise ValueError(f"need at least 2 samples to estimate an uncertainty, got {n}")
     naive = float(series.std(ddof=1) / math.sqrt(n))
     if naive == 0.0:
-        return Estimate(float(series.mean()), 0.0, 1.0, n, float(n), g_floor)
-    error = naive * math.sqrt(max(statistical_inefficiency(series), g_floor))
+        return Estimate(float(series.mean()), 0.0, 1.0, n, float(n), pooled_g)
+    error = naive * math.sqrt(statistical_inefficiency(series) if pooled_g is None else pooled_g)
     for n_blocks in BLOCK_COUNTS:
         if n >= 2 * n_blocks:
             error = max(error, block_stderr(series, n_blocks))
     g = (error / naive) ** 2
     n_eff = n / g
     widened = error * float(stats.t.ppf(ONE_SIGMA, max(1.0, n_eff - 1)))
-    return Estimate(float(series.mean()), widened, float(g), n, float(n_eff), float(g_floor))
+    return Estimate(float(series.mean()), widened, float(g), n, float(n_eff), pooled_g)
 
 
 def convergence_problems(estimate: dict, phase: dict) -> list[str]:
@@ -152,11 +157,13 @@ def pv_term(pressure_bar: float, mean_volume_nm3: float, n_molecules: int) -> fl
 
 
 def combine_replicas(values: list[tuple[float, float]]) -> dict:
-    """Mean over independent replicas (value, stderr). ``stderr_within`` propagates the
-    per-replica errors; with MIN_REPLICAS_FOR_SCATTER or more replicas ``stderr_between`` (the
-    scatter of replica means / sqrt(R), widened by the Student-t factor for R - 1 degrees of
-    freedom, so that it is a 68 % interval however few the replicas) is estimated too and
-    ``stderr`` is the larger of the two, so neither is understated. Fewer replicas cannot
+    """Mean over independent replicas (value, stderr).
+
+    With MIN_REPLICAS_FOR_SCATTER or more replicas the error is the scatter of the replica
+    means / sqrt(R), widened by the Student-t factor for R - 1 degrees of freedom: a 68 %
+    interval for any R, whatever the autocorrelation inside each replica, because it never
+    uses the per-replica error estimates (the weak link on short runs). ``stderr_within``,
+    the per-replica errors propagated, is kept as a diagnostic. Fewer replicas cannot
     estimate a scatter: ``stderr`` is the propagated error."""
     means = np.array([v for v, _ in values], dtype=float)
     errors = np.array([e for _, e in values], dtype=float)
@@ -167,8 +174,8 @@ def combine_replicas(values: list[tuple[float, float]]) -> dict:
     if count >= MIN_REPLICAS_FOR_SCATTER:
         scatter = float(means.std(ddof=1) / math.sqrt(count))
         out["stderr_between"] = scatter * float(stats.t.ppf(ONE_SIGMA, count - 1))
-        out["stderr"] = max(within, out["stderr_between"])
-        out["error_basis"] = "max(propagated per-replica errors, replica scatter x Student-t(R-1))"
+        out["stderr"] = out["stderr_between"]
+        out["error_basis"] = f"replica scatter x Student-t({count - 1} dof)"
     else:
         out["stderr"] = within
         out["error_basis"] = (f"propagated per-replica errors ({count} replica(s); a replica "

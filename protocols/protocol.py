@@ -125,14 +125,14 @@ def production_window(table: dict[str, np.ndarray], burn_in_ps: float,
 
 
 def estimate_phases(phases: list[dict]) -> None:
-    """Estimate every observable of the same phase of several replicas, in place: each
-    replica's error uses at least the statistical inefficiency pooled over all of them
-    (``analysis.pooled_statistical_inefficiency``; a single replica has only its own)."""
+    """Estimate every observable of the same phase of several replicas, in place: with two or
+    more replicas each replica's error uses the statistical inefficiency pooled over all of
+    them (``analysis.pooled_statistical_inefficiency``); a single replica has only its own."""
     for name in phases[0]["series"]:
         series = [phase["series"][name] for phase in phases]
-        floor = analysis.pooled_statistical_inefficiency(series) if len(series) > 1 else 1.0
+        pooled = analysis.pooled_statistical_inefficiency(series) if len(series) > 1 else None
         for phase, values in zip(phases, series):
-            phase[name] = analysis.estimate(values, g_floor=floor).as_dict()
+            phase[name] = analysis.estimate(values, pooled).as_dict()
     for phase in phases:
         del phase["series"]
 

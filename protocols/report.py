@@ -256,9 +256,10 @@ def write_outputs(protocol, results: dict) -> dict:
         "wall_time_s": protocol.wall_time(), "plots": files,
         "uncertainty_method": "per replica: after pymbar equilibration detection (at most half the "
                               "production discarded), stderr = max(s*sqrt(g/n), block-average errors "
-                              "with 5/8/10 blocks) x Student-t factor for n_eff-1 dof; replicas: "
-                              "max(propagated, scatter/sqrt(R)) with >= 3 replicas. Coverage: "
-                              "benchmarks/RESULTS.md"})
+                              "with 5/8/10 blocks) x Student-t factor for n_eff-1 dof, g pooled over "
+                              "the run's replicas when there are several; run: with >= 3 replicas the "
+                              "scatter of replica means / sqrt(R) x Student-t(R-1), else the "
+                              "propagated per-replica errors. Coverage: benchmarks/RESULTS.md"})
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "summary.md").write_text(summary_table(report))
     return report
