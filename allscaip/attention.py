@@ -68,6 +68,13 @@ class AttentionProjections(nn.Module):
         out = out.permute(0, 2, 1, 3).reshape(v.shape[0], q.shape[2], self.num_heads * self.head_dim)
         return self.attn_out_proj(out)
 
+    @torch.jit.export
+    def attend_scores(self, scores: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``attend`` given the raw q . k scores (B, heads, L, L) -> (B, L, H)."""
+        weights = torch.softmax(scores * (1.0 / math.sqrt(self.head_dim)) + bias, dim=-1)
+        out = torch.matmul(weights, v).permute(0, 2, 1, 3)
+        return self.attn_out_proj(out.reshape(v.shape[0], scores.shape[2], self.num_heads * self.head_dim))
+
 
 class NeighborhoodAttention(nn.Module):
     """Self-attention among an atom's neighbour slots, first grouped by source atom,
@@ -85,34 +92,67 @@ class NeighborhoodAttention(nn.Module):
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.use_freq_mask = use_freq_mask
         self.frequency_repeats = frequency_repeats
-        # channel of q/k that feeds each modulated channel: block l tiled 2l+1 times
-        source = [sum(frequency_repeats[:l]) + c for l, count in enumerate(frequency_repeats)
-                  for c in range(count) for _ in range(2 * l + 1)]
-        self.register_buffer("frequency_source", torch.tensor(source, dtype=torch.long), persistent=False)
 
-    def expand_by_frequency(self, x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-        """Tile channel block l (repeats[l] channels) 2l+1 times and multiply by the
-        per-edge harmonics: (N, heads, P, head_dim) -> (N, heads, P, F), one gather."""
-        return torch.index_select(x, 3, self.frequency_source) * frequencies.unsqueeze(1)
+    def legendre_weights(self, directions: torch.Tensor) -> List[torch.Tensor]:
+        """P_l(u_a . u_b) for l = 0..L-1 between the edge directions of every two slots of a
+        row: (B, P, 3) -> L tensors (B, P, P). Written as polynomials homogeneous in each
+        vector, so a zero vector (the atom's own slot) weighs l = 0 by 1 and l > 0 by 0."""
+        dots = torch.matmul(directions, directions.transpose(1, 2))
+        squared = directions.square().sum(dim=-1)
+        norms = squared.unsqueeze(2) * squared.unsqueeze(1)
+        weights: List[torch.Tensor] = [torch.ones_like(dots), dots]
+        for l in range(1, len(self.frequency_repeats) - 1):
+            weights.append(((2 * l + 1) * dots * weights[l] - l * norms * weights[l - 1]) / (l + 1))
+        return weights[:len(self.frequency_repeats)]
 
-    def modulate(self, q: torch.Tensor, k: torch.Tensor,
-                 frequencies: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def modulated_scores(self, q: torch.Tensor, k: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """Frequency-modulated q . k of every two slots (B, heads, P, P).
+
+        fairchem tiles channel block l of q and k 2l+1 times and multiplies them by each
+        slot's Y_lm / sqrt(2l+1) before the dot product; by the addition theorem that is the
+        block's plain dot product times P_l of the angle between the two slots' edges, which
+        needs no tiled (B, heads, P, sum (2l+1) repeats) copies."""
+        weights = self.legendre_weights(directions)
+        repeats = self.frequency_repeats
+        if min(repeats) == max(repeats):  # equal blocks: one batched product for all l
+            n_rows, n_heads, n_slots = q.shape[0], q.shape[1], q.shape[2]
+            blocks = len(repeats)
+            q_blocks = q.reshape(n_rows, n_heads, n_slots, blocks, repeats[0]).transpose(2, 3)
+            k_blocks = k.reshape(n_rows, n_heads, n_slots, blocks, repeats[0]).permute(0, 1, 3, 4, 2)
+            return (torch.matmul(q_blocks, k_blocks) * torch.stack(weights, dim=1).unsqueeze(1)).sum(dim=2)
+        scores = torch.zeros(q.shape[0], q.shape[1], q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
+        start = 0
+        for l, count in enumerate(repeats):
+            if count > 0:
+                block = torch.matmul(q[..., start:start + count], k[..., start:start + count].transpose(2, 3))
+                scores = scores + block * weights[l].unsqueeze(1)
+                start += count
+        return scores
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               directions: torch.Tensor, source: bool) -> torch.Tensor:
+        """Attention of projected slots (B, heads, P, d), frequency-modulated if enabled,
+        through the source or destination output projection: (B, P, H)."""
+        mask = bias[:, None, None, :]
         if self.use_freq_mask:
-            return self.expand_by_frequency(q, frequencies), self.expand_by_frequency(k, frequencies)
-        return q, k
+            scores = self.modulated_scores(q, k, directions)
+            if source:  # TorchScript cannot pick a submodule by value
+                return self.src_attn.attend_scores(scores, v, mask)
+            return self.dst_attn.attend_scores(scores, v, mask)
+        if source:
+            return self.src_attn.attend(q, k, v, mask)
+        return self.dst_attn.attend(q, k, v, mask)
 
     def update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
                source: bool) -> torch.Tensor:
         """One pre-norm residual attention over the slots of each row (source or destination
-        layout); rows are independent: (B, P, H) -> (B, P, H)."""
-        mask = bias[:, None, None, :]
-        if source:  # TorchScript cannot pick a submodule by value
+        layout); rows are independent: (B, P, H) -> (B, P, H). ``frequencies``: each slot's
+        edge direction (B, P, 3) (zero for the atom itself and empty slots), or empty."""
+        if source:
             q, k, v = self.src_attn.project(self.src_attn_norm(x))
-            q, k = self.modulate(q, k, frequencies)
-            return x + self.src_attn_res_scale * self.src_attn.attend(q, k, v, mask)
+            return x + self.src_attn_res_scale * self.attend(q, k, v, bias, frequencies, True)
         q, k, v = self.dst_attn.project(self.dst_attn_norm(x))
-        q, k = self.modulate(q, k, frequencies)
-        return x + self.dst_attn_res_scale * self.dst_attn.attend(q, k, v, mask)
+        return x + self.dst_attn_res_scale * self.attend(q, k, v, bias, frequencies, False)
 
     def chunked_update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
                        source: bool, chunk: int) -> torch.Tensor:

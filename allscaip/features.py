@@ -1,5 +1,5 @@
 """Geometric features of the neighbour graph: distance and direction expansions,
-bond-orientational order, frequency vectors and the sinc kernels of node attention."""
+bond-orientational order and the sinc kernels of node attention."""
 
 from __future__ import annotations
 
@@ -76,23 +76,6 @@ def bond_orientational_order(harmonics: torch.Tensor, weight: torch.Tensor, cent
     per_degree = torch.zeros((n_atoms, lmax + 1), dtype=mean.dtype, device=mean.device)
     per_degree = per_degree.index_add(1, degree, mean.square())
     return per_degree.clamp_min(1e-6).sqrt()
-
-
-def frequency_vectors(harmonics: torch.Tensor, repeats: List[int]) -> torch.Tensor:
-    """Per-edge vectors that modulate query/key channels: for each l, the (2l+1)
-    harmonics / sqrt(2l+1), tiled repeats[l] times -> (E, sum_l repeats[l](2l+1)).
-
-    harmonics: (E, >=(len(repeats))^2) edge-direction harmonics."""
-    columns: List[int] = []
-    degrees: List[int] = []
-    for l in range(len(repeats)):
-        for _ in range(repeats[l]):
-            columns += list(range(l * l, (l + 1) * (l + 1)))
-            degrees += [l] * (2 * l + 1)
-    index = torch.tensor(columns, dtype=torch.long, device=harmonics.device)
-    # integer lists only: TorchScript builds float lists through float32
-    width = 2 * torch.tensor(degrees, dtype=torch.long, device=harmonics.device).to(harmonics.dtype) + 1
-    return torch.index_select(harmonics, 1, index) / width.sqrt()
 
 
 def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> torch.Tensor:

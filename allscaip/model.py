@@ -11,7 +11,7 @@ from torch import nn
 
 from allscaip.attention import NeighborhoodAttention, NodeAttention, gradients, rms_norm
 from allscaip.config import ModelConfig
-from allscaip.features import (bond_orientational_order, frequency_vectors, gaussian_grid,
+from allscaip.features import (bond_orientational_order, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sinc_kernels,
                                unit_vectors)
 from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias, image_reps,
@@ -227,8 +227,7 @@ class Backbone(nn.Module):
         self.frequency_repeats: List[int] = list(cfg.freequency_list)
         self.edge_lmax = cfg.edge_direction_expansion_size - 1
         self.order_lmax = cfg.node_direction_expansion_size - 1
-        self.harmonics_lmax = max(self.edge_lmax, self.order_lmax,
-                                  len(cfg.freequency_list) - 1 if cfg.use_freq_mask else 0)
+        self.harmonics_lmax = max(self.edge_lmax, self.order_lmax)
         self.harmonics = PolynomialHarmonics(self.harmonics_lmax)
         offsets = gaussian_offsets(cfg.max_radius, cfg.edge_distance_expansion_size)
         self.register_buffer("distance_offsets", offsets, persistent=False)
@@ -250,7 +249,8 @@ class Backbone(nn.Module):
             self.knn_delta, reps)
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
-        harmonics = self.harmonics(unit_vectors(graph.edge_disp))
+        directions = unit_vectors(graph.edge_disp)
+        harmonics = self.harmonics(directions)
         gauss_index, gauss_value = gaussian_window(distance, self.distance_offsets, 20, self.gaussian_grid)
         edge_harmonics = harmonics[:, :(self.edge_lmax + 1) * (self.edge_lmax + 1)]
         if self.smooth_node_order:
@@ -265,10 +265,9 @@ class Backbone(nn.Module):
         src_bias = self.attention_bias(graph.src_env).to(x.dtype)
         dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
         empty = torch.empty(0, dtype=x.dtype, device=x.device)
-        if self.use_freq_mask:
-            per_edge = frequency_vectors(harmonics, self.frequency_repeats)
-            frequencies = scatter_to_slots(per_edge, graph.edge_slot, n_atoms * n_slots, 0.0).view(
-                n_atoms, n_slots, -1)
+        if self.use_freq_mask:  # each slot's edge direction (see NeighborhoodAttention)
+            frequencies = scatter_to_slots(directions, graph.edge_slot, n_atoms * n_slots, 0.0).view(
+                n_atoms, n_slots, 3)
         else:
             frequencies = empty
         sinc = empty

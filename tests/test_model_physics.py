@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from allscaip.features import bond_orientational_order, frequency_vectors, unit_vectors
+from allscaip.features import bond_orientational_order, unit_vectors
 from allscaip.spherical import spherical_harmonics
 from conftest import fresh_model, golden_structures, model_inputs
 
@@ -87,27 +87,58 @@ def test_moving_atoms_by_lattice_vectors_changes_nothing(model):
     np.testing.assert_allclose(v1.detach().numpy(), v0.detach().numpy(), atol=1e-9)
 
 
+def tiled_frequency_vectors(harmonics: torch.Tensor, repeats: list[int]) -> torch.Tensor:
+    """fairchem's frequency vectors: per l, Y_lm / sqrt(2l+1) tiled repeats[l] times."""
+    parts = [(harmonics[:, l * l:(l + 1) ** 2] / np.sqrt(2 * l + 1)).repeat(1, count)
+             for l, count in enumerate(repeats) if count > 0]
+    return torch.cat(parts, dim=-1)
+
+
+@pytest.mark.parametrize("repeats", [[2, 1, 1, 1], [3, 3, 3], [5, 3, 0, 3, 4]])
+def test_legendre_scores_equal_fairchems_tiled_frequency_modulation(repeats):
+    """Neighbourhood attention scores q.k with channel block l weighted by P_l(cos angle)
+    (the addition theorem) equal fairchem's: q and k blocks tiled 2l+1 times, multiplied by
+    each slot's Y_lm / sqrt(2l+1), then dotted; zero vectors (own slot) included."""
+    from allscaip.attention import NeighborhoodAttention
+
+    rng = np.random.default_rng(len(repeats))
+    head_dim, rows, slots, heads = sum(repeats), 3, 7, 2
+    attention = NeighborhoodAttention(heads * head_dim, heads, 1, repeats, True, False).double()
+    directions = unit_vectors(torch.tensor(rng.normal(size=(rows, slots, 3))))
+    directions[:, 0] = 0.0
+    q, k = (torch.tensor(rng.normal(size=(rows, heads, slots, head_dim))) for _ in range(2))
+    frequencies = tiled_frequency_vectors(
+        spherical_harmonics(len(repeats) - 1, directions.reshape(-1, 3)), repeats).reshape(rows, slots, -1)
+    source = [sum(repeats[:l]) + c for l, n in enumerate(repeats) for c in range(n) for _ in range(2 * l + 1)]
+    tiled_q, tiled_k = (x[..., source] * frequencies.unsqueeze(1) for x in (q, k))
+    expected = tiled_q @ tiled_k.transpose(2, 3)
+    np.testing.assert_allclose(attention.modulated_scores(q, k, directions).numpy(), expected.numpy(),
+                               rtol=0, atol=1e-12)
+
+
 def test_rotation_invariant_parts_are_invariant():
     """AllScAIP (like fairchem's) feeds raw edge harmonics to an MLP, so its energy is not
     exactly rotation invariant. The parts that are invariant by construction must be:
-    bond-orientational order, and q.k products modulated by the frequency vectors."""
+    bond-orientational order, and the frequency weights of q.k products."""
+    from allscaip.attention import NeighborhoodAttention
+
     rng = np.random.default_rng(5)
     rotation = torch.tensor(Rotation.from_euler("zyx", [31, -47, 113], degrees=True).as_matrix())
     directions = unit_vectors(torch.tensor(rng.normal(size=(36, 3))))
     directions[::9] = 0.0  # each atom's own edge
     center = torch.arange(4).repeat_interleave(9)
     weight = torch.tensor(rng.uniform(0.1, 1.0, 36))
+    attention = NeighborhoodAttention(10, 2, 1, [2, 1, 1, 1], True, False).double()
 
-    def order_and_gram(vectors):
-        harmonics = spherical_harmonics(9, vectors)
-        order = bond_orientational_order(harmonics, weight, center, 4, 9)
-        freq = frequency_vectors(harmonics, [2, 1, 1, 1])
-        return order.numpy(), (freq @ freq.T).numpy()
+    def order_and_weights(vectors):
+        order = bond_orientational_order(spherical_harmonics(9, vectors), weight, center, 4, 9)
+        weights = attention.legendre_weights(vectors.reshape(4, 9, 3))
+        return order.numpy(), torch.stack(weights).numpy()
 
-    order, gram = order_and_gram(directions)
-    order_rotated, gram_rotated = order_and_gram(directions @ rotation.T)
+    order, weights = order_and_weights(directions)
+    order_rotated, weights_rotated = order_and_weights(directions @ rotation.T)
     np.testing.assert_allclose(order_rotated, order, atol=1e-12)
-    np.testing.assert_allclose(gram_rotated, gram, atol=1e-12)
+    np.testing.assert_allclose(weights_rotated, weights, atol=1e-12)
 
 
 def test_permuting_atoms_permutes_forces(model):
