@@ -9,9 +9,9 @@ biased low -- and the block-average errors with BLOCK_COUNTS blocks; both undere
 short series (the autocorrelation estimate is cut off early, blocks shorter than the
 correlation time are correlated). The result is then widened by the Student-t factor for
 n_eff - 1 degrees of freedom, so that ±1 stderr is a 68 % interval even when the error itself
-is estimated from few effective samples. A run of three or more replicas reports the scatter
-of the replica means, widened by Student-t for R - 1 degrees of freedom, which needs no
-autocorrelation estimate at all. Coverage of these intervals is measured in
+is estimated from few effective samples. A run of three or more replicas reports the larger of
+those errors propagated and the scatter of the replica means widened by Student-t for R - 1
+degrees of freedom (conservative: see ``combine_replicas``). Coverage of these intervals is measured in
 benchmarks/protocol_coverage.py.
 """
 
@@ -157,14 +157,14 @@ def pv_term(pressure_bar: float, mean_volume_nm3: float, n_molecules: int) -> fl
 
 
 def combine_replicas(values: list[tuple[float, float]]) -> dict:
-    """Mean over independent replicas (value, stderr).
-
-    With MIN_REPLICAS_FOR_SCATTER or more replicas the error is the scatter of the replica
-    means / sqrt(R), widened by the Student-t factor for R - 1 degrees of freedom: a 68 %
-    interval for any R, whatever the autocorrelation inside each replica, because it never
-    uses the per-replica error estimates (the weak link on short runs). ``stderr_within``,
-    the per-replica errors propagated, is kept as a diagnostic. Fewer replicas cannot
-    estimate a scatter: ``stderr`` is the propagated error."""
+    """Mean over independent replicas (value, stderr). ``stderr_within`` propagates the
+    per-replica errors. With MIN_REPLICAS_FOR_SCATTER or more replicas ``stderr_between`` is
+    the scatter of the replica means / sqrt(R), widened by the Student-t factor for R - 1
+    degrees of freedom (a 68 % interval for any R, needing no autocorrelation estimate), and
+    ``stderr`` is the larger of the two: a few replicas that agree by chance cannot shrink the
+    error below what each replica's own fluctuations imply, and replicas that scatter more than
+    their errors say widen it. Fewer replicas cannot estimate a scatter: ``stderr`` is the
+    propagated error."""
     means = np.array([v for v, _ in values], dtype=float)
     errors = np.array([e for _, e in values], dtype=float)
     count = len(means)
@@ -174,8 +174,8 @@ def combine_replicas(values: list[tuple[float, float]]) -> dict:
     if count >= MIN_REPLICAS_FOR_SCATTER:
         scatter = float(means.std(ddof=1) / math.sqrt(count))
         out["stderr_between"] = scatter * float(stats.t.ppf(ONE_SIGMA, count - 1))
-        out["stderr"] = out["stderr_between"]
-        out["error_basis"] = f"replica scatter x Student-t({count - 1} dof)"
+        out["stderr"] = max(within, out["stderr_between"])
+        out["error_basis"] = f"max(propagated per-replica errors, replica scatter x Student-t({count - 1} dof))"
     else:
         out["stderr"] = within
         out["error_basis"] = (f"propagated per-replica errors ({count} replica(s); a replica "

@@ -258,8 +258,9 @@ def write_outputs(protocol, results: dict) -> dict:
                               "production discarded), stderr = max(s*sqrt(g/n), block-average errors "
                               "with 5/8/10 blocks) x Student-t factor for n_eff-1 dof, g pooled over "
                               "the run's replicas when there are several; run: with >= 3 replicas the "
-                              "scatter of replica means / sqrt(R) x Student-t(R-1), else the "
-                              "propagated per-replica errors. Coverage: benchmarks/RESULTS.md"})
+                              "larger of the propagated per-replica errors and the scatter of "
+                              "replica means / sqrt(R) x Student-t(R-1), else the propagated errors. "
+                              "Coverage: benchmarks/RESULTS.md"})
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "summary.md").write_text(summary_table(report))
     return report

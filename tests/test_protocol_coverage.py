@@ -96,10 +96,12 @@ def analysed_run(replicas: np.ndarray) -> tuple[list, dict]:
 
 @pytest.mark.parametrize("n, tau, count", [(200, 10, 3), (400, 10, 4), (1000, 5, 8)])
 def test_multi_replica_runs_cover_the_mean(n, tau, count):
-    """Runs of 3-8 replicas with n_eff 10-100 each: the combined interval (replica scatter
-    widened by Student-t(R-1)) is a 68 % interval; each replica's interval inside the run
-    (pooled statistical inefficiency, block averages, Student-t) is one or errs on the safe
-    side (pymbar's pooled g runs ~15 % high on AR(1) series: coverage up to ~0.74)."""
+    """Runs of 3-8 replicas with n_eff 10-100 each: each replica's interval inside the run
+    (pooled statistical inefficiency, block averages, Student-t) and the run's combined
+    interval (the larger of the propagated errors and the replica scatter x Student-t(R-1))
+    are 68 % intervals or err on the safe side: measured 0.67-0.74 per replica (pymbar's
+    pooled g runs ~15 % high on AR(1) series) and 0.75-0.80 combined (the larger of two
+    honest errors)."""
     rng = np.random.default_rng(10 * n + count)
     phi = math.exp(-1 / tau)
     runs = 300
@@ -110,8 +112,8 @@ def test_multi_replica_runs_cover_the_mean(n, tau, count):
         estimates, result = analysed_run(run)
         per_replica += estimates
         combined.append(analysis.Estimate(result["mean"], result["stderr"], 1.0, n, float(n)))
-    low, high = band(len(combined))
-    assert low <= covered(combined, 0.0) <= high
+    low, _ = band(len(combined))
+    assert low <= covered(combined, 0.0) <= 0.85
     low, _ = band(len(per_replica))
     assert low <= covered(per_replica, 0.0) <= 0.78
 
