@@ -14,13 +14,19 @@ unlike a timing). Printed per system size, for the eager model and its TorchScri
 
     .venv/bin/python benchmarks/bench_ops.py                       # shipped model, 1/64/216 waters
     .venv/bin/python benchmarks/bench_ops.py --waters 64 --dtype float64 --top 25
+    # before/after in one run: a checkout of the baseline commit (git worktree) side by side
+    git worktree add /tmp/baseline <commit>
+    .venv/bin/python benchmarks/bench_ops.py --baseline /tmp/baseline
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +91,37 @@ def callers(model_path: Path, dtype: torch.dtype) -> dict:
             "torchscript": lambda inputs: scripted(*inputs)[:2]}
 
 
+def measure(model_path: Path, waters: int, dtype: torch.dtype, repeats: int, top: int) -> list[dict]:
+    """Rows for one system size: every mode's op counts, syncs and median ms per call."""
+    modes = callers(model_path, dtype)
+    inputs = system(waters, dtype)
+    rows = []
+    for mode, call in modes.items():
+        for _ in range(3):  # warm-up (TorchScript profiles its first calls)
+            call(inputs)
+        counter = OpCounter()
+        with counter:
+            call(inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call(inputs)
+            times.append(1e3 * (time.perf_counter() - start))
+        rows.append({"waters": waters, "mode": mode, "profiler": profiler_ops(lambda: call(inputs)),
+                     "dispatched": counter.total, "syncs": counter.syncs, "ms": statistics.median(times),
+                     "top": counter.counts.most_common(top)})
+    return rows
+
+
+def in_checkout(checkout: Path, args, waters: int) -> list[dict]:
+    """``measure`` with the ``allscaip`` package of another checkout (a subprocess)."""
+    command = [sys.executable, __file__, "--worker", "--model", str(args.model), "--waters", str(waters),
+               "--dtype", args.dtype, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -93,30 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--top", type=int, default=0, help="also list the N most called ops")
+    parser.add_argument("--baseline", type=Path, help="checkout of a baseline commit, measured alternately")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    modes = callers(args.model, dtype)
-    print(f"{args.model.name}, {args.dtype}, {args.threads} threads, one energy + forces call")
-    print(f"{'waters':>6} {'atoms':>6} {'mode':>12} {'profiler ops':>13} {'dispatched':>11} "
+    if args.worker:
+        print(json.dumps(measure(args.model, args.waters[0], dtype, args.repeats, 0)))
+        return 0
+    print(f"{args.model.name}, {args.dtype}, {args.threads} threads, one energy + forces call "
+          "(the TorchScript export also returns the virial)")
+    print(f"{'code':>8} {'waters':>6} {'atoms':>6} {'mode':>12} {'profiler ops':>13} {'dispatched':>11} "
           f"{'host syncs':>11} {'ms/call':>8}")
     for waters in args.waters:
-        inputs = system(waters, dtype)
-        for mode, call in modes.items():
-            for _ in range(3):  # warm-up (TorchScript profiles its first calls)
-                call(inputs)
-            counter = OpCounter()
-            with counter:
-                call(inputs)
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                call(inputs)
-                times.append(1e3 * (time.perf_counter() - start))
-            print(f"{waters:>6} {3 * waters:>6} {mode:>12} {profiler_ops(lambda: call(inputs)):>13} "
-                  f"{counter.total:>11} {counter.syncs:>11} {statistics.median(times):>8.1f}")
-            if args.top:
-                print("       " + ", ".join(f"{name} {count}" for name, count in counter.counts.most_common(args.top)))
+        sides = [("this", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+        for label, checkout in sides * (2 if args.baseline else 1):  # alternate: same load for both
+            rows = (in_checkout(checkout, args, waters) if checkout is not None
+                    else (in_checkout(HERE.parent, args, waters) if args.baseline
+                          else measure(args.model, waters, dtype, args.repeats, args.top)))
+            for r in rows:
+                print(f"{label:>8} {waters:>6} {3 * waters:>6} {r['mode']:>12} {r['profiler']:>13} "
+                      f"{r['dispatched']:>11} {r['syncs']:>11} {r['ms']:>8.1f}")
+                if r["top"]:
+                    print("         " + ", ".join(f"{name} {count}" for name, count in r["top"]))
     return 0
 
 
