@@ -12,7 +12,7 @@ with (x', y', z') = (z, x, y), where Q_lm follows the associated-Legendre recurr
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -81,23 +81,68 @@ def monomials(vectors: torch.Tensor, exponents: torch.Tensor, lmax: int) -> torc
             * torch.index_select(table[..., 2, :], -1, exponents[2]))
 
 
-def harmonic_coefficients(lmax: int, exponents: torch.Tensor) -> torch.Tensor:
-    """(M, (lmax+1)^2) float64 matrix C with spherical_harmonics(lmax, v) = monomials(v) @ C.
+Polynomial = Dict[Tuple[int, int, int], float]  # exponents of (x, y, z) -> coefficient
 
-    Each Y_lm is a homogeneous polynomial of degree l, so each degree's block of C is found
-    exactly (to float64 round-off) by solving on random points; coefficients below 1e-13
-    are exact zeros."""
-    points = torch.randn(8 * exponents.shape[1], 3, dtype=torch.float64,
-                         generator=torch.Generator().manual_seed(0))
-    basis = monomials(points, exponents, lmax)
-    values = spherical_harmonics(lmax, points)
-    degree = exponents.sum(dim=0)
-    coefficients = torch.zeros(exponents.shape[1], (lmax + 1) ** 2, dtype=torch.float64)
+
+def _product(a: Polynomial, b: Polynomial) -> Polynomial:
+    out: Polynomial = {}
+    for (i, j, k), u in a.items():
+        for (l, m, n), v in b.items():
+            key = (i + l, j + m, k + n)
+            out[key] = out.get(key, 0.0) + u * v
+    return out
+
+
+def _combine(terms: List[Tuple[float, Polynomial]]) -> Polynomial:
+    out: Polynomial = {}
+    for scale, polynomial in terms:
+        for key, value in polynomial.items():
+            out[key] = out.get(key, 0.0) + scale * value
+    return out
+
+
+def harmonic_polynomials(lmax: int) -> List[Polynomial]:
+    """``spherical_harmonics`` as explicit polynomials in (x, y, z): the same recurrences run
+    on coefficient tables, in plain float arithmetic (the same result in every process)."""
+    one: Polynomial = {(0, 0, 0): 1.0}
+    xp, yp, zp = {(0, 0, 1): 1.0}, {(1, 0, 0): 1.0}, {(0, 1, 0): 1.0}
+    r2 = {(2, 0, 0): 1.0, (0, 2, 0): 1.0, (0, 0, 2): 1.0}
+    cos_m: List[Polynomial] = [one]
+    sin_m: List[Polynomial] = [{}]
+    for m in range(1, lmax + 1):
+        cos_m.append(_combine([(1.0, _product(xp, cos_m[m - 1])), (-1.0, _product(yp, sin_m[m - 1]))]))
+        sin_m.append(_combine([(1.0, _product(xp, sin_m[m - 1])), (1.0, _product(yp, cos_m[m - 1]))]))
+    legendre: List[List[Polynomial]] = []
     for l in range(lmax + 1):
-        rows = (degree == l).nonzero().flatten()
-        block = torch.linalg.lstsq(basis[:, rows], values[:, l * l:(l + 1) * (l + 1)]).solution
-        coefficients[rows, l * l:(l + 1) * (l + 1)] = block
-    return torch.where(coefficients.abs() < 1e-13, torch.zeros_like(coefficients), coefficients)
+        row: List[Polynomial] = []
+        for m in range(l + 1):
+            if m == l:
+                double_factorial = 1.0
+                for odd in range(1, 2 * m, 2):
+                    double_factorial *= odd
+                row.append({(0, 0, 0): double_factorial})
+            elif m == l - 1:
+                row.append(_combine([(2 * m + 1, _product(zp, legendre[l - 1][m]))]))
+            else:
+                row.append(_combine([((2 * l - 1) / (l - m), _product(zp, legendre[l - 1][m])),
+                                     (-(l + m - 1) / (l - m), _product(r2, legendre[l - 2][m]))]))
+        legendre.append(row)
+    components: List[Polynomial] = []
+    for l in range(lmax + 1):
+        for m in range(-l, l + 1):
+            azimuthal = sin_m[abs(m)] if m < 0 else cos_m[abs(m)]
+            components.append(_combine([(_normalisation(l, abs(m)), _product(legendre[l][abs(m)], azimuthal))]))
+    return components
+
+
+def harmonic_coefficients(lmax: int, exponents: torch.Tensor) -> torch.Tensor:
+    """(M, (lmax+1)^2) float64 matrix C with spherical_harmonics(lmax, v) = monomials(v) @ C."""
+    column = {tuple(int(e) for e in exponents[:, index]): index for index in range(exponents.shape[1])}
+    coefficients = torch.zeros(exponents.shape[1], (lmax + 1) ** 2, dtype=torch.float64)
+    for component, polynomial in enumerate(harmonic_polynomials(lmax)):
+        for key, value in polynomial.items():
+            coefficients[column[key], component] = value
+    return coefficients
 
 
 class PolynomialHarmonics(torch.nn.Module):

@@ -46,3 +46,18 @@ def test_eager_and_torchscript_reproduce_the_recorded_function(name):
         expected = recorded[structure["name"]]
         check(structure["name"], expected, *model(*inputs, True, not model.direct_forces))
         check(structure["name"], expected, *scripted(*inputs))
+
+
+def test_every_process_builds_the_same_function():
+    """Constants the model derives at construction (harmonic coefficients) must be bitwise
+    the same in every process: an MD run resumed from a checkpoint in a new process must
+    continue the same trajectory (a least-squares fit here once varied in the last bit with
+    memory alignment, and resumed trajectories diverged)."""
+    import subprocess
+    import sys
+
+    script = ("import hashlib; from allscaip.spherical import PolynomialHarmonics; "
+              "print(hashlib.sha256(PolynomialHarmonics(6).coefficients.numpy().tobytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(3)}
+    assert len(digests) == 1
