@@ -151,6 +151,7 @@ def extra_peak_mb(n_atoms, block_size):
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_mb"]
 
 
+@pytest.mark.slow  # ~30 s of subprocesses; CI runs the slow tests too
 def test_blocked_peak_memory_is_a_fraction_of_dense():
     dense = extra_peak_mb(1500, 0)
     blocked = extra_peak_mb(1500, 64)
