@@ -224,7 +224,6 @@ class Backbone(nn.Module):
         self.use_node_path = bool(cfg.use_node_path)
         self.block_size = int(cfg.node_attention_block_size)
         self.smooth_node_order = bool(cfg.smooth_node_order)
-        self.frequency_repeats: List[int] = list(cfg.freequency_list)
         self.edge_lmax = cfg.edge_direction_expansion_size - 1
         self.order_lmax = cfg.node_direction_expansion_size - 1
         self.harmonics_lmax = max(self.edge_lmax, self.order_lmax)
