@@ -44,6 +44,7 @@ def last_frame(out, pdb):
     return len(universe.trajectory), universe.atoms.positions.copy()
 
 
+@pytest.mark.slow  # ~40-50 s; CI runs the slow tests too
 def test_resume_reproduces_the_uninterrupted_run(inputs, tmp_path):
     quiet = lambda message: None
     short = dict(steps=40, report_interval=10)

@@ -85,6 +85,7 @@ def interrupt_after(monkeypatch, count: int):
     return lambda: monkeypatch.setattr(protocol_module.Progress, "__call__", original)
 
 
+@pytest.mark.slow  # ~40-50 s; CI runs the slow tests too
 def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "water"
     args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
