@@ -19,8 +19,13 @@ def unit_vectors(disp: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_offsets(cutoff: float, size: int) -> torch.Tensor:
-    """Gaussian centres on [0, cutoff], computed in float32 like the reference model."""
-    return torch.linspace(0.0, cutoff, size, dtype=torch.float32)
+    """Gaussian centres on [0, cutoff], float32 like the reference model's.
+
+    Computed in Python floats and rounded once: float32 ``torch.linspace`` rounds differently on
+    CPUs with and without AVX-512 (35 of 512 centres moved by an ulp), which changed the
+    model's function between machines by 1e-7 relative."""
+    centres = [cutoff * index / (size - 1) for index in range(size)] if size > 1 else [0.0]
+    return torch.tensor(centres, dtype=torch.float64).to(torch.float32)
 
 
 def gaussian_grid(offsets: torch.Tensor) -> Tuple[float, float]:
@@ -79,9 +84,11 @@ def bond_orientational_order(harmonics: torch.Tensor, weight: torch.Tensor, cent
 
 
 def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> torch.Tensor:
-    """Angular frequencies log-spaced from pi/(4 r_max) to pi/r_min (float32, as the reference)."""
-    return torch.logspace(math.log10(math.pi / (4.0 * r_max)), math.log10(math.pi / r_min),
-                          count, dtype=torch.float32)
+    """Angular frequencies log-spaced from pi/(4 r_max) to pi/r_min, float32 like the
+    reference's (computed in Python floats and rounded once: the same on every CPU)."""
+    low, high = math.log10(math.pi / (4.0 * r_max)), math.log10(math.pi / r_min)
+    exponents = [low + (high - low) * index / (count - 1) for index in range(count)] if count > 1 else [low]
+    return torch.tensor([10.0 ** e for e in exponents], dtype=torch.float64).to(torch.float32)
 
 
 def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
