@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's allscaip, not the venv's editable install
 GOLDEN = ROOT / "tests" / "fixtures" / "golden"
 CONFIGS = ["direct", "conserving", "direct_sm", "conserving_sm"]
 DEFAULT_MODEL = ROOT / "models" / "allscaip-spcfw-water" / "model.pt"
