@@ -94,13 +94,9 @@ def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> to
 def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     """sin(d w)/(d w) for all pairs and frequencies: (N, N) -> (N, N, K).
 
-    Arguments below 1e-4 use the series 1 - x^2/6 + x^4/120 (value and gradient finite).
+    ``torch.sinc`` (sin(pi t)/(pi t)) is one kernel, with value 1 and gradient 0 at t = 0.
     """
-    x = distance.unsqueeze(-1) * omega.to(distance.dtype)
-    small = x.abs() < 1e-4
-    safe_x = torch.where(small, torch.ones_like(x), x)
-    series = 1.0 - x.square() / 6.0 + x.square().square() / 120.0
-    return torch.where(small, series, torch.sin(safe_x) / safe_x)
+    return torch.sinc(distance.unsqueeze(-1) * (omega.to(distance.dtype) / math.pi))
 
 
 def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -172,11 +172,12 @@ def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: floa
 
 def bump(x: torch.Tensor) -> torch.Tensor:
     """Smooth step: 0 for x <= -4, 1/2 at 0, 1 for x >= 4 (fairchem's soft-rank kernel)."""
-    # e^{-2/(1+y)} / (e^{-2/(1+y)} + e^{-2/(1-y)}) with y = x/4, written as one sigmoid
-    inside = x.abs() < 4.0
-    y = torch.where(inside, x / 4.0, torch.zeros_like(x))
-    step = torch.where(x < 0, torch.zeros_like(x), torch.ones_like(x))
-    return torch.where(inside, torch.sigmoid(2.0 / (1.0 - y) - 2.0 / (1.0 + y)), step)
+    # e^{-2/(1+y)} / (e^{-2/(1+y)} + e^{-2/(1-y)}) = sigmoid(4y / (1 - y^2)) with y = x/4.
+    # Clamping y just inside (-1, 1) gives exactly 0 or 1 (the sigmoid saturates) with zero
+    # gradient outside, in 7 kernels instead of 16.
+    edge = 1.0 - 1e-6  # |y| beyond this: the sigmoid is exactly 0 or 1 in float32 and float64
+    y = (x * 0.25).clamp(-edge, edge)
+    return torch.sigmoid(4.0 * y / (1.0 - y.square()))
 
 
 def _segment_order(segment: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
