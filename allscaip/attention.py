@@ -76,9 +76,26 @@ class AttentionProjections(nn.Module):
         return self.attn_out_proj(out.reshape(v.shape[0], scores.shape[2], self.num_heads * self.head_dim))
 
 
+def legendre_weights(directions: torch.Tensor, count: int) -> torch.Tensor:
+    """P_l(u_a . u_b) for l = 0..count-1 between the edge directions of every two slots of a
+    row: (B, P, 3) -> (B, count, P, P). Written as polynomials homogeneous in each vector, so
+    a zero vector (the atom's own slot, empty slots) weighs l = 0 by 1 and l > 0 by 0.
+    Geometry only: computed once per layout and shared by every block."""
+    dots = torch.matmul(directions, directions.transpose(1, 2))
+    squared = directions.square().sum(dim=-1)
+    norms = squared.unsqueeze(2) * squared.unsqueeze(1)
+    weights: List[torch.Tensor] = [torch.ones_like(dots), dots]
+    for l in range(1, count - 1):
+        weights.append(((2 * l + 1) * dots * weights[l] - l * norms * weights[l - 1]) / (l + 1))
+    return torch.stack(weights[:count], dim=1)
+
+
 class NeighborhoodAttention(nn.Module):
     """Self-attention among an atom's neighbour slots, first grouped by source atom,
-    then by destination atom, each a pre-norm residual update."""
+    then by destination atom, each a pre-norm residual update.
+
+    Each layout comes with a bias (B, P) and, with the frequency mask, the Legendre weights
+    of its slots' edge directions (B, L, P, P) (``legendre_weights``; else empty)."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int,
                  frequency_repeats: List[int], use_freq_mask: bool, use_residual_scaling: bool):
@@ -93,49 +110,36 @@ class NeighborhoodAttention(nn.Module):
         self.use_freq_mask = use_freq_mask
         self.frequency_repeats = frequency_repeats
 
-    def legendre_weights(self, directions: torch.Tensor) -> List[torch.Tensor]:
-        """P_l(u_a . u_b) for l = 0..L-1 between the edge directions of every two slots of a
-        row: (B, P, 3) -> L tensors (B, P, P). Written as polynomials homogeneous in each
-        vector, so a zero vector (the atom's own slot) weighs l = 0 by 1 and l > 0 by 0."""
-        dots = torch.matmul(directions, directions.transpose(1, 2))
-        squared = directions.square().sum(dim=-1)
-        norms = squared.unsqueeze(2) * squared.unsqueeze(1)
-        weights: List[torch.Tensor] = [torch.ones_like(dots), dots]
-        for l in range(1, len(self.frequency_repeats) - 1):
-            weights.append(((2 * l + 1) * dots * weights[l] - l * norms * weights[l - 1]) / (l + 1))
-        return weights[:len(self.frequency_repeats)]
-
-    def modulated_scores(self, q: torch.Tensor, k: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    def modulated_scores(self, q: torch.Tensor, k: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Frequency-modulated q . k of every two slots (B, heads, P, P).
 
         fairchem tiles channel block l of q and k 2l+1 times and multiplies them by each
         slot's Y_lm / sqrt(2l+1) before the dot product; by the addition theorem that is the
-        block's plain dot product times P_l of the angle between the two slots' edges, which
-        needs no tiled (B, heads, P, sum (2l+1) repeats) copies."""
-        weights = self.legendre_weights(directions)
+        block's plain dot product times P_l of the angle between the two slots' edges
+        (``angles``), which needs no tiled (B, heads, P, sum (2l+1) repeats) copies."""
         repeats = self.frequency_repeats
         if min(repeats) == max(repeats):  # equal blocks: one batched product for all l
             n_rows, n_heads, n_slots = q.shape[0], q.shape[1], q.shape[2]
             blocks = len(repeats)
             q_blocks = q.reshape(n_rows, n_heads, n_slots, blocks, repeats[0]).transpose(2, 3)
             k_blocks = k.reshape(n_rows, n_heads, n_slots, blocks, repeats[0]).permute(0, 1, 3, 4, 2)
-            return (torch.matmul(q_blocks, k_blocks) * torch.stack(weights, dim=1).unsqueeze(1)).sum(dim=2)
+            return (torch.matmul(q_blocks, k_blocks) * angles.unsqueeze(1)).sum(dim=2)
         scores = torch.zeros(q.shape[0], q.shape[1], q.shape[2], k.shape[2], dtype=q.dtype, device=q.device)
         start = 0
         for l, count in enumerate(repeats):
             if count > 0:
                 block = torch.matmul(q[..., start:start + count], k[..., start:start + count].transpose(2, 3))
-                scores = scores + block * weights[l].unsqueeze(1)
+                scores = scores + block * angles[:, l].unsqueeze(1)
                 start += count
         return scores
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-               directions: torch.Tensor, source: bool) -> torch.Tensor:
+               angles: torch.Tensor, source: bool) -> torch.Tensor:
         """Attention of projected slots (B, heads, P, d), frequency-modulated if enabled,
         through the source or destination output projection: (B, P, H)."""
         mask = bias[:, None, None, :]
         if self.use_freq_mask:
-            scores = self.modulated_scores(q, k, directions)
+            scores = self.modulated_scores(q, k, angles)
             if source:  # TorchScript cannot pick a submodule by value
                 return self.src_attn.attend_scores(scores, v, mask)
             return self.dst_attn.attend_scores(scores, v, mask)
@@ -143,79 +147,74 @@ class NeighborhoodAttention(nn.Module):
             return self.src_attn.attend(q, k, v, mask)
         return self.dst_attn.attend(q, k, v, mask)
 
-    def update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
+    def update(self, x: torch.Tensor, bias: torch.Tensor, angles: torch.Tensor,
                source: bool) -> torch.Tensor:
         """One pre-norm residual attention over the slots of each row (source or destination
-        layout); rows are independent: (B, P, H) -> (B, P, H). ``frequencies``: each slot's
-        edge direction (B, P, 3) (zero for the atom itself and empty slots), or empty."""
+        layout); rows are independent: (B, P, H) -> (B, P, H)."""
         if source:
             q, k, v = self.src_attn.project(self.src_attn_norm(x))
-            return x + self.src_attn_res_scale * self.attend(q, k, v, bias, frequencies, True)
+            return x + self.src_attn_res_scale * self.attend(q, k, v, bias, angles, True)
         q, k, v = self.dst_attn.project(self.dst_attn_norm(x))
-        return x + self.dst_attn_res_scale * self.attend(q, k, v, bias, frequencies, False)
+        return x + self.dst_attn_res_scale * self.attend(q, k, v, bias, angles, False)
 
-    def chunked_update(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor,
+    def chunked_update(self, x: torch.Tensor, bias: torch.Tensor, angles: torch.Tensor,
                        source: bool, chunk: int) -> torch.Tensor:
         """``update`` on chunks of ``chunk`` rows (all at once if chunk is 0)."""
         if chunk <= 0 or chunk >= x.shape[0]:
-            return self.update(x, bias, frequencies, source)
+            return self.update(x, bias, angles, source)
         return torch.cat([self.update(x[start:start + chunk], bias[start:start + chunk],
-                                      self.rows(frequencies, start, start + chunk), source)
+                                      self.rows(angles, start, start + chunk), source)
                           for start in range(0, x.shape[0], chunk)])
 
-    def rows(self, frequencies: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return frequencies[start:stop] if self.use_freq_mask else frequencies
+    def rows(self, angles: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return angles[start:stop] if self.use_freq_mask else angles
 
     def halfway(self, x: torch.Tensor, src_bias: torch.Tensor, to_dst: torch.Tensor,
-                frequencies: torch.Tensor, chunk: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Source attention, then the destination layout: states and frequencies there."""
-        middle = gather_slots(self.chunked_update(x, src_bias, frequencies, True, chunk), to_dst)
-        if self.use_freq_mask:
-            frequencies = gather_slots(frequencies, to_dst)
-        return middle, frequencies
+                src_angles: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Source attention, then the states in the destination layout."""
+        return gather_slots(self.chunked_update(x, src_bias, src_angles, True, chunk), to_dst)
 
     def finish(self, middle: torch.Tensor, dst_bias: torch.Tensor, to_src: torch.Tensor,
-               dst_frequencies: torch.Tensor, chunk: int) -> torch.Tensor:
+               dst_angles: torch.Tensor, chunk: int) -> torch.Tensor:
         """Destination attention, then back to the source layout."""
-        return gather_slots(self.chunked_update(middle, dst_bias, dst_frequencies, False, chunk), to_src)
+        return gather_slots(self.chunked_update(middle, dst_bias, dst_angles, False, chunk), to_src)
 
     def forward(self, x: torch.Tensor, src_bias: torch.Tensor, dst_bias: torch.Tensor,
-                to_dst: torch.Tensor, to_src: torch.Tensor, frequencies: torch.Tensor,
-                chunk: int = 0) -> torch.Tensor:
-        """x: (N, P, H) in the source layout; biases (N, P); frequencies (N, P, F) or empty;
-        chunk > 0 bounds the rows attended at once (same result)."""
-        middle, dst_frequencies = self.halfway(x, src_bias, to_dst, frequencies, chunk)
-        return self.finish(middle, dst_bias, to_src, dst_frequencies, chunk)
+                to_dst: torch.Tensor, to_src: torch.Tensor, src_angles: torch.Tensor,
+                dst_angles: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """x: (N, P, H) in the source layout; chunk > 0 bounds the rows attended at once
+        (same result)."""
+        middle = self.halfway(x, src_bias, to_dst, src_angles, chunk)
+        return self.finish(middle, dst_bias, to_src, dst_angles, chunk)
 
     def chunked_vjp(self, x: torch.Tensor, middle: torch.Tensor, src_bias: torch.Tensor,
                     dst_bias: torch.Tensor, to_dst: torch.Tensor, to_src: torch.Tensor,
-                    frequencies: torch.Tensor, dst_frequencies: torch.Tensor,
+                    src_angles: torch.Tensor, dst_angles: torch.Tensor,
                     grad_output: torch.Tensor, chunk: int) -> List[torch.Tensor]:
-        """Gradients of sum(grad_output * forward(x)) with respect to x, src_bias, dst_bias
-        and frequencies, given ``halfway``'s output; ``chunk`` rows recomputed at a time."""
-        grad_middle, grad_dst_bias, grad_dst_frequencies = self.rowwise_vjp(
-            middle, dst_bias, dst_frequencies, False, scatter_slots(grad_output, to_src), chunk)
-        grad_x, grad_src_bias, grad_frequencies = self.rowwise_vjp(
-            x, src_bias, frequencies, True, scatter_slots(grad_middle, to_dst), chunk)
-        if self.use_freq_mask:
-            grad_frequencies = grad_frequencies + scatter_slots(grad_dst_frequencies, to_dst)
-        return [grad_x, grad_src_bias, grad_dst_bias, grad_frequencies]
+        """Gradients of sum(grad_output * forward(x)) with respect to x, src_bias, dst_bias,
+        src_angles and dst_angles, given ``halfway``'s output; ``chunk`` rows recomputed at a
+        time."""
+        grad_middle, grad_dst_bias, grad_dst_angles = self.rowwise_vjp(
+            middle, dst_bias, dst_angles, False, scatter_slots(grad_output, to_src), chunk)
+        grad_x, grad_src_bias, grad_src_angles = self.rowwise_vjp(
+            x, src_bias, src_angles, True, scatter_slots(grad_middle, to_dst), chunk)
+        return [grad_x, grad_src_bias, grad_dst_bias, grad_src_angles, grad_dst_angles]
 
-    def rowwise_vjp(self, x: torch.Tensor, bias: torch.Tensor, frequencies: torch.Tensor, source: bool,
+    def rowwise_vjp(self, x: torch.Tensor, bias: torch.Tensor, angles: torch.Tensor, source: bool,
                     grad_output: torch.Tensor, chunk: int) -> List[torch.Tensor]:
-        """Pull grad_output back through ``update`` chunk by chunk: grads of x, bias, frequencies."""
+        """Pull grad_output back through ``update`` chunk by chunk: grads of x, bias, angles."""
         parts: List[List[torch.Tensor]] = [[], [], []]
         step = chunk if chunk > 0 else x.shape[0]
         for start in range(0, x.shape[0], step):
             leaves = [x[start:start + step].detach().requires_grad_(True),
                       bias[start:start + step].detach().requires_grad_(True),
-                      self.rows(frequencies, start, start + step).detach().requires_grad_(True)]
+                      self.rows(angles, start, start + step).detach().requires_grad_(True)]
             out = self.update(leaves[0], leaves[1], leaves[2], source)
             grads = gradients([out], leaves, [grad_output[start:start + step]])
             for index in range(3):
                 parts[index].append(grads[index])
         if not self.use_freq_mask:
-            parts[2] = [torch.zeros_like(frequencies)]
+            parts[2] = [torch.zeros_like(angles)]
         return [torch.cat(part) for part in parts]
 
 

@@ -94,9 +94,13 @@ def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> to
 def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     """sin(d w)/(d w) for all pairs and frequencies: (N, N) -> (N, N, K).
 
-    ``torch.sinc`` (sin(pi t)/(pi t)) is one kernel, with value 1 and gradient 0 at t = 0.
+    ``torch.sinc`` (sin(pi t)/(pi t)) is one kernel. The atom's own pair (d = 0) is set to 1
+    outside it: its second derivative there is NaN, which force training would propagate.
     """
-    return torch.sinc(distance.unsqueeze(-1) * (omega.to(distance.dtype) / math.pi))
+    t = distance.unsqueeze(-1) * (omega.to(distance.dtype) / math.pi)
+    own = t == 0.0
+    ones = torch.ones_like(t)
+    return torch.where(own, ones, torch.sinc(torch.where(own, ones, t)))
 
 
 def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -9,7 +9,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from allscaip.attention import NeighborhoodAttention, NodeAttention, gradients, rms_norm
+from allscaip.attention import (NeighborhoodAttention, NodeAttention, gather_slots, gradients,
+                                legendre_weights, rms_norm)
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sinc_kernels,
@@ -121,7 +122,8 @@ class BlockInputs(NamedTuple):
     dst_bias: torch.Tensor
     to_dst: torch.Tensor
     to_src: torch.Tensor
-    frequencies: torch.Tensor
+    src_angles: torch.Tensor  # Legendre weights of slot-pair angles (frequency mask), else empty
+    dst_angles: torch.Tensor
     sinc: torch.Tensor  # (N, N, K) for dense node attention with the sinc mask, else empty
     pairs: PairImages  # for blocked node attention
 
@@ -151,7 +153,7 @@ class GraphAttentionBlock(nn.Module):
         """Neighbourhood attention; with blocked node attention, in chunks of
         chunk_factor * block_size atoms (same result)."""
         return self.neighborhood_attention(x, inputs.src_bias, inputs.dst_bias, inputs.to_dst,
-                                           inputs.to_src, inputs.frequencies,
+                                           inputs.to_src, inputs.src_angles, inputs.dst_angles,
                                            self.chunk_factor * block_size)
 
     def node_update(self, y: torch.Tensor, inputs: BlockInputs, omega: torch.Tensor,
@@ -182,14 +184,13 @@ class GraphAttentionBlock(nn.Module):
     def backward_step(self, x: torch.Tensor, update: Optional[torch.Tensor], inputs: BlockInputs,
                       omega: torch.Tensor, block_size: int, grad_output: torch.Tensor) -> List[torch.Tensor]:
         """Recompute this block from its input x and pull grad_output back, chunk by chunk:
-        gradients with respect to x, src_bias, dst_bias, frequencies, pair positions and
-        image offsets."""
+        gradients with respect to x, src_bias, dst_bias, src_angles, dst_angles, pair
+        positions and image offsets."""
         attention = self.neighborhood_attention
         chunk = self.chunk_factor * block_size
         with torch.no_grad():
-            middle, dst_frequencies = attention.halfway(x, inputs.src_bias, inputs.to_dst,
-                                                        inputs.frequencies, chunk)
-            y = attention.finish(middle, inputs.dst_bias, inputs.to_src, dst_frequencies, chunk)
+            middle = attention.halfway(x, inputs.src_bias, inputs.to_dst, inputs.src_angles, chunk)
+            y = attention.finish(middle, inputs.dst_bias, inputs.to_src, inputs.dst_angles, chunk)
         y = y.requires_grad_(True)
         pair_grads = [torch.zeros_like(inputs.pairs.positions), torch.zeros_like(inputs.pairs.offsets)]
         node_attention = self.node_attention
@@ -202,7 +203,7 @@ class GraphAttentionBlock(nn.Module):
                 y[:, 0], inputs.pairs, omega, block_size, grad_update)
             grad_y = torch.cat([(grad_y[:, 0] + grad_node).unsqueeze(1), grad_y[:, 1:]], dim=1)
         return attention.chunked_vjp(x, middle, inputs.src_bias, inputs.dst_bias, inputs.to_dst,
-                                     inputs.to_src, inputs.frequencies, dst_frequencies, grad_y,
+                                     inputs.to_src, inputs.src_angles, inputs.dst_angles, grad_y,
                                      chunk) + pair_grads
 
 
@@ -220,6 +221,7 @@ class Backbone(nn.Module):
         self.knn_delta = int(cfg.knn_delta)
         self.use_envelope = bool(cfg.use_envelope)
         self.use_freq_mask = bool(cfg.use_freq_mask)
+        self.frequency_blocks = len(cfg.freequency_list)
         self.use_sincx_mask = bool(cfg.use_sincx_mask)
         self.use_node_path = bool(cfg.use_node_path)
         self.block_size = int(cfg.node_attention_block_size)
@@ -264,11 +266,12 @@ class Backbone(nn.Module):
         src_bias = self.attention_bias(graph.src_env).to(x.dtype)
         dst_bias = self.attention_bias(graph.dst_env).to(x.dtype)
         empty = torch.empty(0, dtype=x.dtype, device=x.device)
-        if self.use_freq_mask:  # each slot's edge direction (see NeighborhoodAttention)
-            frequencies = scatter_to_slots(directions, graph.edge_slot, n_atoms * n_slots, 0.0).view(
+        src_angles, dst_angles = empty, empty
+        if self.use_freq_mask:  # from each slot's edge direction, in both layouts
+            slot_directions = scatter_to_slots(directions, graph.edge_slot, n_atoms * n_slots, 0.0).view(
                 n_atoms, n_slots, 3)
-        else:
-            frequencies = empty
+            src_angles = legendre_weights(slot_directions, self.frequency_blocks)
+            dst_angles = legendre_weights(gather_slots(slot_directions, graph.to_dst), self.frequency_blocks)
         sinc = empty
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
                            torch.zeros(3, dtype=torch.long, device=x.device))
@@ -276,7 +279,8 @@ class Backbone(nn.Module):
             pairs = pair_images(positions, cell, pbc, self.cutoff, reps)
             if self.block_size == 0:
                 sinc = sinc_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
-        return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, frequencies, sinc, pairs)
+        return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, src_angles, dst_angles,
+                              sinc, pairs)
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
@@ -304,9 +308,10 @@ class Backbone(nn.Module):
                   inputs: BlockInputs, grad_output: torch.Tensor) -> List[torch.Tensor]:
         """Gradient of the last block's output, pulled back through every block (last first),
         each recomputed from its stored input: gradients with respect to the first state,
-        src_bias, dst_bias, frequencies, pair positions and image offsets."""
+        src_bias, dst_bias, src_angles, dst_angles, pair positions and image offsets."""
         totals = [grad_output, torch.zeros_like(inputs.src_bias), torch.zeros_like(inputs.dst_bias),
-                  torch.zeros_like(inputs.frequencies), torch.zeros_like(inputs.pairs.positions),
+                  torch.zeros_like(inputs.src_angles), torch.zeros_like(inputs.dst_angles),
+                  torch.zeros_like(inputs.pairs.positions),
                   torch.zeros_like(inputs.pairs.offsets)]
         for layer in range(len(states) - 1, -1, -1):
             for index, block in enumerate(self.transformer_blocks):  # TorchScript: no reversed()
@@ -420,7 +425,7 @@ class AllScAIP(nn.Module):
         raw_energy = self.energy_head(final[:, 0]).sum()
         seed = gradients([raw_energy], [final], [torch.ones_like(raw_energy)])[0]
         pulled = self.backbone.pull_back(states, updates, block_inputs, seed)
-        ends = [x, block_inputs.src_bias, block_inputs.dst_bias, block_inputs.frequencies,
+        ends = [x, block_inputs.src_bias, block_inputs.dst_bias, block_inputs.src_angles, block_inputs.dst_angles,
                 block_inputs.pairs.positions, block_inputs.pairs.offsets]
         outputs: List[torch.Tensor] = []
         seeds: List[torch.Tensor] = []
