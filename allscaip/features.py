@@ -94,13 +94,14 @@ def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> to
 def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     """sin(d w)/(d w) for all pairs and frequencies: (N, N) -> (N, N, K).
 
-    ``torch.sinc`` (sin(pi t)/(pi t)) is one kernel. The atom's own pair (d = 0) is set to 1
-    outside it: its second derivative there is NaN, which force training would propagate.
+    The atom's own pair (d = 0) is 1, set outside the quotient so that no 0/0 reaches the
+    value or any derivative (force training differentiates twice). The masks act on the
+    (N, N) distances; only four kernels touch the (N, N, K) tensor.
     """
-    t = distance.unsqueeze(-1) * (omega.to(distance.dtype) / math.pi)
-    own = t == 0.0
-    ones = torch.ones_like(t)
-    return torch.where(own, ones, torch.sinc(torch.where(own, ones, t)))
+    own = distance == 0.0
+    safe = torch.where(own, torch.ones_like(distance), distance)
+    x = safe.unsqueeze(-1) * omega.to(distance.dtype)
+    return torch.where(own.unsqueeze(-1), torch.ones_like(x), torch.sin(x) / x)
 
 
 def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
