@@ -170,13 +170,14 @@ def find_candidates(positions: torch.Tensor, offsets: torch.Tensor, radius: floa
     return torch.cat(src), torch.cat(dst), torch.cat(img)
 
 
-def bump(x: torch.Tensor) -> torch.Tensor:
-    """Smooth step: 0 for x <= -4, 1/2 at 0, 1 for x >= 4 (fairchem's soft-rank kernel)."""
+def bump(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Smooth step of x / scale: 0 at or below -4, 1/2 at 0, 1 at or above 4 (fairchem's
+    soft-rank kernel)."""
     # e^{-2/(1+y)} / (e^{-2/(1+y)} + e^{-2/(1-y)}) = sigmoid(4y / (1 - y^2)) with y = x/4.
     # Clamping y just inside (-1, 1) gives exactly 0 or 1 (the sigmoid saturates) with zero
     # gradient outside, in 7 kernels instead of 16.
     edge = 1.0 - 1e-6  # |y| beyond this: the sigmoid is exactly 0 or 1 in float32 and float64
-    y = (x * 0.25).clamp(-edge, edge)
+    y = (x * (0.25 / scale)).clamp(-edge, edge)
     return torch.sigmoid(4.0 * y / (1.0 - y.square()))
 
 
@@ -240,14 +241,11 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
 
     # Soft source ranks within each atom's candidate row.
     row_flat = src * width + slot
-    # empty row entries sit far away: they neither rank nor are ranked
+    # empty row entries sit far away (> 100 A beyond any real one): they add exactly 0 to
+    # real ranks, and their own ranks are never read
     far = 2.0 * search_radius + 100.0
     padded = scatter_to_slots(distance, row_flat, n_atoms * width, far).view(n_atoms, width)
-    valid = torch.zeros(n_atoms * width, dtype=torch.bool, device=device)
-    valid[row_flat] = True
-    valid = valid.view(n_atoms, width)
-    pair = bump((padded[:, :, None] - padded[:, None, :]) / rank_scale)
-    pair = torch.where(valid[:, None, :], pair, torch.zeros_like(pair))
+    pair = bump(padded[:, :, None] - padded[:, None, :], rank_scale)
     src_rank = torch.index_select(pair.sum(dim=-1).reshape(-1), 0, row_flat)
 
     # Destination rank of i -> (j, m) is the source rank of j -> (i, -m).
