@@ -2,9 +2,13 @@
 the bare TorchScript call, float32 and float64, on the CPU platform.
 
 Model: the benchmark architecture of bench_model.py (hidden 64, 2 layers, knn_k 20,
-cutoff 6 A, conserving, random weights). Engine overhead = ms/step / bare ms - 1.
+cutoff 6 A, conserving, random weights; Verlet at 0.25 fs), or ``--model`` (a trained model,
+e.g. the shipped one, at ``--timestep-fs``, default 1.5 fs then). Engine overhead = ms/step /
+bare ms - 1; ns/day at the integrated timestep.
 
     .venv/bin/python benchmarks/bench_openmm.py --waters 64 216 512 1000
+    .venv/bin/python benchmarks/bench_openmm.py --model models/allscaip-spcfw-water/model.pt \
+        --waters 64 216 --dtypes float32
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def water_topology(atoms):
     return topology
 
 
-def time_openmm(model_file, atoms, dtype, backend, steps):
+def time_openmm(model_file, atoms, dtype, backend, steps, timestep_fs):
     import openmm
     from openmm import unit
 
@@ -44,7 +48,7 @@ def time_openmm(model_file, atoms, dtype, backend, steps):
 
     topology = water_topology(atoms)
     system = create_system(topology, model_file, dtype=dtype, backend=backend)
-    integrator = openmm.VerletIntegrator(0.25 * unit.femtosecond)
+    integrator = openmm.VerletIntegrator(timestep_fs * unit.femtosecond)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(atoms.positions / 10.0)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
@@ -79,26 +83,30 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="a model file (default: random benchmark architecture)")
+    parser.add_argument("--timestep-fs", type=float, help="default 0.25 (random model) or 1.5 (--model)")
     args = parser.parse_args()
+    timestep = args.timestep_fs or (1.5 if args.model else 0.25)
     torch.set_num_threads(args.threads)
 
     from bench_model import save_benchmark_model
     from water import water_box
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = save_benchmark_model(Path(tmp))
-        print(f"OpenMM CPU platform, {args.threads} threads, Verlet 0.25 fs, ms per step (ns/day)")
+        model_file = str(args.model) if args.model else save_benchmark_model(Path(tmp))
+        print(f"OpenMM CPU platform, {Path(model_file).name}, {args.threads} threads, Verlet {timestep} fs, "
+              "ms per step (ns/day)")
         print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'TorchForce':>18} "
               f"{'PythonForce':>18} {'TF overhead':>11}")
         for waters in args.waters:
             atoms = water_box(waters)
             for dtype in args.dtypes:
                 bare = time_bare(model_file, atoms, dtype, args.steps)
-                torchforce = time_openmm(model_file, atoms, dtype, "torchforce", args.steps)
-                python = time_openmm(model_file, atoms, dtype, "python", args.steps)
-                per_day = lambda ms: 0.25e-6 * 86400e3 / ms
+                torchforce = time_openmm(model_file, atoms, dtype, "torchforce", args.steps, timestep)
+                python = time_openmm(model_file, atoms, dtype, "python", args.steps, timestep)
+                per_day = lambda ms: timestep * 1e-6 * 86400e3 / ms
                 print(f"{waters:>6} {len(atoms):>6} {dtype:>8} {bare:10.1f} "
-                      f"{torchforce:9.1f} ({per_day(torchforce):6.4f}) {python:9.1f} ({per_day(python):6.4f}) "
+                      f"{torchforce:9.1f} ({per_day(torchforce):6.3f}) {python:9.1f} ({per_day(python):6.3f}) "
                       f"{100 * (torchforce / bare - 1):10.1f}%", flush=True)
 
 
