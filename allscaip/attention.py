@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from allscaip.features import node_attention_bias, node_attention_log_weight, sinc_kernels
+from allscaip.features import node_attention_bias, node_attention_log_weight, sine_kernels
 from allscaip.graph import PairImages, minimum_image_distances
 
 
@@ -252,12 +252,17 @@ class NodeAttention(AttentionProjections):
         else:
             self.register_buffer("radial_weight", torch.empty(0), persistent=False)
 
-    def attention(self, x: torch.Tensor, sinc: torch.Tensor) -> torch.Tensor:
-        """Dense attention update (N, H) without the residual; sinc: (N, N, K) or empty."""
+    def sine_weight(self, omega: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Radial weights over the frequencies (``sine_kernels`` / omega are the sinc kernels)."""
+        return self.radial_weight.to(dtype) / omega.to(dtype)
+
+    def attention(self, x: torch.Tensor, sines: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+        """Dense attention update (N, H) without the residual; sines: (N, N, K) from
+        ``sine_kernels`` or empty."""
         q, k, v = self.project(self.node_norm(x).unsqueeze(0))
         bias: Optional[torch.Tensor] = None
         if self.use_sincx_mask:
-            bias = node_attention_bias(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(q.dtype)
+            bias = node_attention_bias(sines, self.sine_weight(omega, sines.dtype)).unsqueeze(0).to(q.dtype)
         return self.attend(q, k, v, bias).squeeze(0)
 
     def block_bias(self, pairs: PairImages, omega: torch.Tensor, start: int, stop: int,
@@ -265,8 +270,8 @@ class NodeAttention(AttentionProjections):
         """(1, heads, B, N) bias of query rows [start, stop), or None without the sinc mask."""
         if not self.use_sincx_mask:
             return None
-        sinc = sinc_kernels(minimum_image_distances(pairs, start, stop), omega)
-        return node_attention_log_weight(sinc, self.radial_weight.to(sinc.dtype)).unsqueeze(0).to(dtype)
+        sines = sine_kernels(minimum_image_distances(pairs, start, stop), omega)
+        return node_attention_log_weight(sines, self.sine_weight(omega, sines.dtype)).unsqueeze(0).to(dtype)
 
     def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pairs: PairImages,
                     omega: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -91,35 +91,37 @@ def sinc_frequencies(count: int, r_min: float = 0.25, r_max: float = 30.0) -> to
     return torch.tensor([10.0 ** e for e in exponents], dtype=torch.float64).to(torch.float32)
 
 
-def sinc_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
-    """sin(d w)/(d w) for all pairs and frequencies: (N, N) -> (N, N, K).
+def sine_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
+    """sin(d w) / d for all pairs and frequencies: (N, N) -> (N, N, K); the sinc kernels of node
+    attention are these divided by w, a factor folded into the radial weights (``radial_weight /
+    omega``), which saves two passes over the (N, N, K) tensor in each direction.
 
-    The atom's own pair (d = 0) is 1, set outside the quotient so that no 0/0 reaches the
-    value or any derivative (force training differentiates twice). The masks act on the
-    (N, N) distances; only four kernels touch the (N, N, K) tensor.
+    The atom's own pair (d = 0) is evaluated at d = 1e-8 A, where sin(d w)/d equals the limit w
+    to 1e-15 relative and every derivative stays finite (force training differentiates twice;
+    the own pair's distance has zero gradient anyway).
     """
     own = distance == 0.0
-    safe = torch.where(own, torch.ones_like(distance), distance)
-    x = safe.unsqueeze(-1) * omega.to(distance.dtype)
-    return torch.where(own.unsqueeze(-1), torch.ones_like(x), torch.sin(x) / x)
+    safe = torch.where(own, torch.full_like(distance, 1e-8), distance)
+    return torch.sin(safe.unsqueeze(-1) * omega.to(distance.dtype)) * safe.reciprocal().unsqueeze(-1)
 
 
-def node_attention_bias(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-head additive bias log(N^2 w_ij / sum_ij w_ij), w = softplus(sinc . radial_weight) + eps.
+def node_attention_bias(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-head additive bias log(N^2 w_ij / sum_ij w_ij), w = softplus(sines . radial_weight) + eps.
 
-    sinc: (N, N, K); radial_weight: (heads, K) -> (heads, N, N).
+    sines: (N, N, K) from ``sine_kernels``; radial_weight: (heads, K), already divided by the
+    frequencies (so that sines . radial_weight is fairchem's sinc . weight) -> (heads, N, N).
     """
-    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sinc, radial_weight)) + eps
-    n_pairs = float(sinc.shape[0] * sinc.shape[1])
+    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sines, radial_weight)) + eps
+    n_pairs = float(sines.shape[0] * sines.shape[1])
     total = weight.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
     return torch.log(weight * (n_pairs / total))
 
 
-def node_attention_log_weight(sinc: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def node_attention_log_weight(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """log w for a block of query rows: (B, N, K) -> (heads, B, N).
 
     It differs from ``node_attention_bias`` by the per-head constant log(N^2 / sum w), which
     the softmax over keys removes, so it needs no pass over all pairs first.
     """
-    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sinc, radial_weight)) + eps
+    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sines, radial_weight)) + eps
     return torch.log(weight)

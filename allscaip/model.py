@@ -13,7 +13,7 @@ from allscaip.attention import (NeighborhoodAttention, NodeAttention, gather_slo
                                 legendre_weights, rms_norm)
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
-                               gaussian_offsets, gaussian_window, sinc_frequencies, sinc_kernels,
+                               gaussian_offsets, gaussian_window, sinc_frequencies, sine_kernels,
                                unit_vectors)
 from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias, image_reps,
                             minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
@@ -124,7 +124,7 @@ class BlockInputs(NamedTuple):
     to_src: torch.Tensor
     src_angles: torch.Tensor  # Legendre weights of slot-pair angles (frequency mask), else empty
     dst_angles: torch.Tensor
-    sinc: torch.Tensor  # (N, N, K) for dense node attention with the sinc mask, else empty
+    sines: torch.Tensor  # (N, N, K) sine_kernels for dense node attention with the sinc mask, else empty
     pairs: PairImages  # for blocked node attention
 
 
@@ -164,7 +164,7 @@ class GraphAttentionBlock(nn.Module):
             return None
         if block_size > 0:
             return node_attention.blocked_attention(y[:, 0], inputs.pairs, omega, block_size)
-        return node_attention.attention(y[:, 0], inputs.sinc)
+        return node_attention.attention(y[:, 0], inputs.sines, omega)
 
     def combine(self, y: torch.Tensor, update: Optional[torch.Tensor]) -> torch.Tensor:
         """Residual node update, then the node and edge FFNs: (N, P, H)."""
@@ -272,15 +272,15 @@ class Backbone(nn.Module):
                 n_atoms, n_slots, 3)
             src_angles = legendre_weights(slot_directions, self.frequency_blocks)
             dst_angles = legendre_weights(gather_slots(slot_directions, graph.to_dst), self.frequency_blocks)
-        sinc = empty
+        sines = empty
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
                            torch.zeros(3, dtype=torch.long, device=x.device))
         if self.use_node_path and self.use_sincx_mask:
             pairs = pair_images(positions, cell, pbc, self.cutoff, reps)
             if self.block_size == 0:
-                sinc = sinc_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
+                sines = sine_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
         return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, src_angles, dst_angles,
-                              sinc, pairs)
+                              sines, pairs)
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:

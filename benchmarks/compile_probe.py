@@ -30,8 +30,8 @@ def split_call(model):
 
     backbone = model.backbone
 
-    def network(x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sinc):
-        inputs = BlockInputs(src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sinc, None)
+    def network(x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines):
+        inputs = BlockInputs(src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines, None)
         for block in backbone.transformer_blocks:
             x = block(x, inputs, backbone.sinc_omega, 0)
         return model.energy_head(x[:, 0]).sum()
@@ -39,7 +39,7 @@ def split_call(model):
     def featurize(positions, numbers, cell, pbc, charge, spin):
         x, inputs = backbone.prepare(positions, numbers, cell, pbc, charge, spin)
         return (x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.src_angles,
-                inputs.dst_angles, inputs.sinc)
+                inputs.dst_angles, inputs.sines)
 
     return featurize, network
 
