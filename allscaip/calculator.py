@@ -9,6 +9,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from allscaip.evaluator import Evaluator
 from allscaip.io import load_model
 from allscaip.model import AllScAIP
 
@@ -53,6 +54,18 @@ class AllScAIPCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if node_attention_block_size is not None:
             self.model.set_node_attention_block_size(node_attention_block_size)
+        self.evaluator: Evaluator | None = None
+        self.evaluator_key: tuple = ()
+
+    def evaluator_for(self, atoms, charge: int, spin: int) -> Evaluator:
+        """The evaluator of these elements, periodic axes, charge and spin; rebuilt (and the
+        elements checked) only when one of them changes."""
+        key = (tuple(int(z) for z in atoms.numbers), tuple(bool(p) for p in atoms.pbc), charge, spin)
+        if self.evaluator is None or key != self.evaluator_key:
+            self.evaluator = Evaluator(self.model, key[0], pbc=key[1], charge=charge, spin=spin,
+                                       dtype=self.dtype, device=self.device)
+            self.evaluator_key = key
+        return self.evaluator
 
     def check_state(self, atoms, tol=1e-15):
         """Also recompute when the total charge or spin in ``atoms.info`` changed."""
@@ -75,15 +88,14 @@ class AllScAIPCalculator(Calculator):
         if want_stress and self.model.direct_forces:
             raise PropertyNotImplementedError("this direct-force model predicts no stress")
         cell = np.asarray(atoms.get_cell(complete=True))
+        volume = abs(np.linalg.det(cell))
+        if periodic and volume < 1e-6:
+            raise ValueError("a periodic system needs a cell with non-zero volume")
         as_tensor = lambda array: torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
-        energy, forces, virial = self.model(
-            as_tensor(atoms.positions), torch.as_tensor(atoms.numbers, device=self.device),
-            as_tensor(cell), torch.as_tensor(atoms.pbc, device=self.device),
-            torch.tensor(charge, device=self.device), torch.tensor(spin, device=self.device),
-            True, want_stress)
-        self.results["energy"] = self.results["free_energy"] = float(energy.detach())
-        self.results["forces"] = forces.detach().to("cpu", torch.float64).numpy()
+        energy, forces, virial = self.evaluator_for(atoms, charge, spin)(
+            as_tensor(atoms.positions), as_tensor(cell), want_stress)
+        self.results["energy"] = self.results["free_energy"] = float(energy)
+        self.results["forces"] = forces.to("cpu", torch.float64).numpy()
         if want_stress:
-            volume = abs(np.linalg.det(cell))
-            stress = -virial.detach().to("cpu", torch.float64).numpy() / volume
+            stress = -virial.to("cpu", torch.float64).numpy() / volume
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

@@ -450,6 +450,14 @@ class AllScAIP(nn.Module):
         virial (3,3) eV (empty if not computed).
         """
         self.check_inputs(positions, atomic_numbers, cell, pbc)
+        return self.evaluate(positions, atomic_numbers, cell, pbc, charge, spin, compute_forces, compute_virial)
+
+    def evaluate(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                 compute_forces: bool = True, compute_virial: bool = False
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` without its input checks (a host sync each call): for callers that
+        checked the elements and the cell once (``allscaip.evaluator.Evaluator``)."""
         wrapped = wrap_positions(positions, cell, pbc)
         conserving = not self.direct_forces
         strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
 
+from allscaip.evaluator import Evaluator
 from allscaip.io import load_model
 
 EV_IN = {"metal": 1.0, "real": 23.060547830619026}  # energy unit per eV (real: kcal/mol)
@@ -100,8 +101,8 @@ class AllScAIPBridge:
         # LAMMPS sets OpenMP to one thread at start-up, which would also serialise torch.
         self.threads = settings.threads or max(
             1, len(os.sched_getaffinity(0)) // lmp.extract_setting("world_size"))
-        self.charge = torch.tensor(settings.charge, device=self.device)
-        self.spin = torch.tensor(settings.spin, device=self.device)
+        self.evaluator: Evaluator | None = None  # built for the run's atom types and periodicity
+        self.evaluator_key: tuple = ()
 
     def mapping_table(self) -> str:
         rows = [f"  type {t} -> {e} (Z={z})" for t, (e, z) in
@@ -112,22 +113,29 @@ class AllScAIPBridge:
                 f"{self.threads} torch thread(s) per rank\n"
                 "allscaip: atom type -> element\n" + "\n".join(rows))
 
+    def evaluator_for(self, types: np.ndarray, periodicity) -> Evaluator:
+        """The evaluator of these atom types and periodic axes (rebuilt only when they change,
+        e.g. after a ``set type`` between runs)."""
+        key = (types.tobytes(), tuple(bool(p) for p in periodicity))
+        if self.evaluator is None or key != self.evaluator_key:
+            self.evaluator = Evaluator(self.model, self.type_numbers[types].tolist(), pbc=key[1],
+                                       charge=self.settings.charge, spin=self.settings.spin, dtype=self.dtype,
+                                       device=self.device, energy_unit=self.energy_unit)
+            self.evaluator_key = key
+        return self.evaluator
+
     def evaluate(self, positions: np.ndarray, types: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """Model on the gathered system; energy, forces, virial in LAMMPS units."""
-        boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
-        as_tensor = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)
-        energy, forces, virial = self.model(
-            as_tensor(positions), torch.as_tensor(self.type_numbers[types], device=self.device),
-            as_tensor(h_matrix(boxlo, boxhi, xy, yz, xz)),
-            torch.as_tensor([bool(p) for p in periodicity], device=self.device),
-            self.charge, self.spin, True, not self.model.direct_forces)
-        if virial.numel() == 0:
+        if self.model.direct_forces:
             raise RuntimeError("this direct-force model has no virial: pressure and NPT need a "
                                "conserving model")
-        scale = self.energy_unit
-        return (float(energy.detach()) * scale,
-                forces.detach().to("cpu", torch.float64).numpy() * scale,
-                virial.detach().to("cpu", torch.float64).numpy() * scale)
+        boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
+        evaluator = self.evaluator_for(types, periodicity)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)
+        energy, forces, virial = evaluator(as_tensor(positions), as_tensor(h_matrix(boxlo, boxhi, xy, yz, xz)),
+                                           True)
+        return (float(energy), forces.to("cpu", torch.float64).numpy(),
+                virial.to("cpu", torch.float64).numpy())
 
     def evaluate_on_rank_zero(self, positions: np.ndarray, types: np.ndarray):
         """Rank 0 evaluates, every rank receives (energy, virial, forces) in one broadcast."""

@@ -1,9 +1,9 @@
 """AllScAIP as an OpenMM force: a TorchScript ``TorchForce`` (default) or a ``PythonForce``.
 
-Both apply the model to all particles or to a subset (ML/MM), convert OpenMM's nm and
-kJ/mol to the model's Angstrom and eV and back, and cast OpenMM's positions (float32 on
-mixed/single precision platforms) to the model's dtype. The model wraps positions into
-the periodic box itself, since OpenMM does not.
+Both evaluate through ``allscaip.evaluator.Evaluator``: the model on all particles or on a
+subset (ML/MM), OpenMM's nm and kJ/mol converted to the model's Angstrom and eV and back,
+OpenMM's positions (float32 on mixed/single precision platforms) cast to the model's dtype.
+The model wraps positions into the periodic box itself, since OpenMM does not.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from allscaip.evaluator import Evaluator, check_supported
 from allscaip.io import load_model
 from allscaip.model import AllScAIP
 
@@ -24,43 +25,29 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class OpenMMAllScAIP(nn.Module):
-    """TorchScript-able TorchForce module: (positions nm, box nm) -> (kJ/mol, kJ/mol/nm)."""
+    """TorchScript-able TorchForce module: (positions nm, box nm) -> (kJ/mol, kJ/mol/nm), an
+    ``Evaluator`` in OpenMM's units behind TorchForce's two outputs."""
 
     def __init__(self, model: AllScAIP, atomic_numbers: Sequence[int], n_particles: int,
                  indices: Optional[Sequence[int]], charge: int, spin: int, periodic: bool,
                  dtype: torch.dtype):
         super().__init__()
-        self.model = model.to(dtype).eval()
-        self.dtype = dtype
-        self.n_particles = int(n_particles)
-        self.subset = indices is not None
-        self.register_buffer("atomic_numbers", torch.tensor(list(atomic_numbers), dtype=torch.long))
-        chosen = list(indices) if indices is not None else list(range(n_particles))
-        self.register_buffer("indices", torch.tensor(chosen, dtype=torch.long))
-        self.register_buffer("charge", torch.tensor(int(charge)))
-        self.register_buffer("spin", torch.tensor(int(spin)))
-        self.register_buffer("pbc", torch.tensor([periodic] * 3))
-        self.periodic = periodic
-        self.angstrom_per_nm = ANGSTROM_PER_NM
-        self.kj_per_ev = EV_TO_KJ_PER_MOL
+        self.evaluator = openmm_evaluator(model, atomic_numbers, n_particles, indices, charge, spin,
+                                          periodic, dtype)
 
     def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        selected = positions
-        if self.subset:
-            selected = torch.index_select(positions, 0, self.indices)
-        selected = selected.to(self.dtype) * self.angstrom_per_nm
-        if self.periodic and boxvectors is not None:
-            cell = boxvectors.to(self.dtype) * self.angstrom_per_nm
-        else:
-            cell = torch.eye(3, dtype=self.dtype, device=positions.device)
-        energy, forces, _ = self.model(selected, self.atomic_numbers, cell, self.pbc,
-                                       self.charge, self.spin, True, False)
-        forces = forces.detach() * (self.kj_per_ev * self.angstrom_per_nm)
-        if self.subset:
-            full = torch.zeros((self.n_particles, 3), dtype=forces.dtype, device=forces.device)
-            forces = full.index_copy(0, self.indices, forces)
-        return energy.detach() * self.kj_per_ev, forces.to(positions.dtype)
+        energy, forces, _ = self.evaluator(positions, boxvectors)
+        return energy, forces.to(positions.dtype)
+
+
+def openmm_evaluator(model: AllScAIP, atomic_numbers: Sequence[int], n_particles: int,
+                     indices: Optional[Sequence[int]], charge: int, spin: int, periodic: bool,
+                     dtype: torch.dtype, device: str = "cpu") -> Evaluator:
+    """The model in OpenMM's units (nm, kJ/mol) on ``indices`` of ``n_particles`` (all if None)."""
+    return Evaluator(model, atomic_numbers, pbc=[periodic] * 3, charge=charge, spin=spin, dtype=dtype,
+                     device=device, length_unit=ANGSTROM_PER_NM, energy_unit=EV_TO_KJ_PER_MOL,
+                     indices=indices, n_particles=n_particles)
 
 
 def element_numbers(topology, atoms: Optional[Sequence[int]] = None) -> list[int]:
@@ -80,13 +67,6 @@ def _resolve_model(model: str | Path | AllScAIP, dtype: torch.dtype) -> AllScAIP
     if isinstance(model, AllScAIP):
         return model
     return load_model(model, dtype=dtype)
-
-
-def check_supported(model: AllScAIP, numbers: Sequence[int]) -> None:
-    highest = min(model.max_atomic_number, model.element_references.numel() - 1)
-    unknown = sorted({z for z in numbers if not 1 <= z <= highest})
-    if unknown:
-        raise ValueError(f"unsupported atomic number(s) {unknown}: this model supports Z = 1..{highest}")
 
 
 def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence[int], *,

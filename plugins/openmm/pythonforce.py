@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from allscaip.model import AllScAIP
-from allscaip.plugins.openmm.forces import ANGSTROM_PER_NM, EV_TO_KJ_PER_MOL
+from allscaip.plugins.openmm.forces import openmm_evaluator
 
 
 class AllScAIPComputation:
@@ -21,29 +21,25 @@ class AllScAIPComputation:
     def __init__(self, model: AllScAIP, atomic_numbers: Sequence[int], charge: int, spin: int,
                  periodic: bool, dtype: torch.dtype, device: str = "cpu"):
         self.device = torch.device(device)
-        self.model = model.to(device=self.device, dtype=dtype).eval()
         self.dtype = dtype
-        self.atomic_numbers = torch.tensor(list(atomic_numbers), dtype=torch.long, device=self.device)
-        self.charge = torch.tensor(int(charge), device=self.device)
-        self.spin = torch.tensor(int(spin), device=self.device)
-        self.pbc = torch.tensor([periodic] * 3, device=self.device)
         self.periodic = periodic
+        self.evaluator = openmm_evaluator(model, atomic_numbers, len(atomic_numbers), None, charge, spin,
+                                          periodic, dtype, device)
+
+    @property
+    def model(self) -> AllScAIP:
+        return self.evaluator.model
 
     def __call__(self, state):
         from openmm import unit
 
         positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
         as_tensor = lambda array: torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
-        positions = as_tensor(positions) * ANGSTROM_PER_NM
+        box = None
         if self.periodic:
-            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-            cell = as_tensor(box) * ANGSTROM_PER_NM
-        else:
-            cell = torch.eye(3, dtype=self.dtype, device=self.device)
-        energy, forces, _ = self.model(positions, self.atomic_numbers, cell, self.pbc,
-                                       self.charge, self.spin, True, False)
-        return (float(energy.detach()) * EV_TO_KJ_PER_MOL,
-                forces.detach().to("cpu", torch.float64).numpy() * (EV_TO_KJ_PER_MOL * ANGSTROM_PER_NM))
+            box = as_tensor(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+        energy, forces, _ = self.evaluator(as_tensor(positions), box)
+        return float(energy), forces.to("cpu", torch.float64).numpy()
 
 
 def create_python_force(model: AllScAIP, atomic_numbers: Sequence[int], atoms: Optional[Sequence[int]],
