@@ -1,24 +1,21 @@
 """The protocol phases in LAMMPS, through the AllScAIP bridge (``fix external``).
 
 Liquid: ``fix npt`` (Nose-Hoover chains, isotropic); gas: a fixed non-periodic box,
-``fix nve`` + ``fix langevin``. The run advances in segments of ``report_interval`` steps;
-after each one a DCD frame, a ``thermo.csv`` row and a binary restart are written (the
-restart carries the thermostat/barostat state), so a resumed run continues where it stopped.
+``fix nve`` + ``fix langevin``. The run advances through the engine-neutral segment loop
+(``allscaip.plugins.segments``); its checkpoint is a binary restart, which carries the
+thermostat/barostat state, so a resumed run continues where it stopped.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from allscaip.plugins.openmm.run import CSV_FIELDS, SimulationExploded, trim_csv, truncate_dcd
+from allscaip.plugins.segments import (SegmentFiles, checkpointed_step, run_segments, start_table,
+                                       trim_outputs)
 from allscaip.protocols.engines import Phase
 
 EV_TO_KJ_MOL = 96.48533212331002
@@ -67,15 +64,39 @@ def write_data(path: Path, positions_nm: np.ndarray, box_nm: float | None, types
     path.write_text("\n".join(lines) + "\n")
 
 
-def _thermo_row(lmp, step: int, phase: Phase, periodic: bool, ns_per_day: float) -> dict:
-    potential = lmp.get_thermo("pe") * EV_TO_KJ_MOL
-    kinetic = lmp.get_thermo("ke") * EV_TO_KJ_MOL
-    volume = lmp.get_thermo("vol") * 1e-3 if periodic else float("nan")
-    density = lmp.get_thermo("density") if periodic else float("nan")
-    return {"step": step, "time_ps": step * phase.timestep * 1e-3, "potential_kJ_mol": potential,
-            "kinetic_kJ_mol": kinetic, "total_kJ_mol": potential + kinetic,
-            "temperature_K": lmp.get_thermo("temp"), "volume_nm3": volume,
-            "density_g_cm3": density, "ns_per_day": ns_per_day}
+class LammpsSegments:
+    """``plugins.segments.SegmentEngine`` for a LAMMPS instance with the model attached."""
+
+    def __init__(self, lmp, phase: Phase, periodic: bool):
+        self.lmp = lmp
+        self.phase = phase
+        self.periodic = periodic
+
+    def advance(self, steps: int) -> None:
+        self.lmp.command(f"run {steps}")
+
+    def thermo_row(self, step: int, ns_per_day: float) -> dict:
+        lmp, periodic = self.lmp, self.periodic
+        potential = lmp.get_thermo("pe") * EV_TO_KJ_MOL
+        kinetic = lmp.get_thermo("ke") * EV_TO_KJ_MOL
+        volume = lmp.get_thermo("vol") * 1e-3 if periodic else float("nan")
+        density = lmp.get_thermo("density") if periodic else float("nan")
+        return {"step": step, "time_ps": step * self.phase.timestep * 1e-3, "potential_kJ_mol": potential,
+                "kinetic_kJ_mol": kinetic, "total_kJ_mol": potential + kinetic,
+                "temperature_K": lmp.get_thermo("temp"), "volume_nm3": volume,
+                "density_g_cm3": density, "ns_per_day": ns_per_day}
+
+    def frame(self):
+        from openmm import Vec3, unit
+
+        x = np.ctypeslib.as_array(self.lmp.gather_atoms("x", 1, 3)).reshape(-1, 3) / 10.0
+        boxlo, boxhi, *_ = self.lmp.extract_box()
+        edges = [(hi - lo) / 10.0 for lo, hi in zip(boxlo, boxhi)]
+        vectors = [Vec3(edges[0], 0, 0), Vec3(0, edges[1], 0), Vec3(0, 0, edges[2])]
+        return x * unit.nanometer, vectors if self.periodic else None
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.lmp.command(f"write_restart {path}")
 
 
 def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> None:
@@ -85,8 +106,7 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
 
     out = phase.out
     out.mkdir(parents=True, exist_ok=True)
-    restart, status_file = out / "restart.bin", out / "status.json"
-    table, trajectory = out / "thermo.csv", out / "trajectory.dcd"
+    files = SegmentFiles(out, out / "restart.bin")
     periodic = phase.ensemble == "npt"
     pdb = app.PDBFile(str(phase.pdb))
     masses = particle_masses(pdb.topology, phase.hydrogen_mass)
@@ -99,11 +119,11 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         # gas: a fixed open box around the molecule (its momentum is zeroed, so it stays put)
         lmp.commands_list(["units metal", "atom_style atomic",
                            f"boundary {'p p p' if periodic else 'f f f'}"])
-        if resume and restart.exists():
-            start = json.loads(status_file.read_text())["step"]
-            lmp.command(f"read_restart {restart}")
-            truncate_dcd(trajectory, trim_csv(table, start))
-            progress(f"resumed at step {start} from {restart}")
+        if resume and files.checkpoint.exists():
+            start = checkpointed_step(files)
+            lmp.command(f"read_restart {files.checkpoint}")
+            trim_outputs(files, start)
+            progress(f"resumed at step {start} from {files.checkpoint}")
         else:
             box = pdb.topology.getPeriodicBoxVectors()
             box_nm = box[0][0].value_in_unit(unit.nanometer) if periodic else None
@@ -117,8 +137,7 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         if start == 0:
             lmp.commands_list(["min_style cg", "minimize 0.0 1.0e-3 200 2000", "reset_timestep 0",
                                f"velocity all create {phase.temperature} {phase.seed} mom yes rot yes dist gaussian"])
-            with open(table, "w", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=CSV_FIELDS).writeheader()
+            start_table(files)
         temperature = phase.temperature
         if periodic:
             lmp.command(f"fix integrate all npt temp {temperature} {temperature} {1.0 / phase.friction} "
@@ -127,47 +146,11 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
             lmp.commands_list(["fix integrate all nve",
                                f"fix thermostat all langevin {temperature} {temperature} "
                                f"{1.0 / phase.friction} {phase.seed + start} zero yes"])
-        _segments(lmp, phase, start, periodic, pdb.topology, progress)
+        run_segments(LammpsSegments(lmp, phase, periodic), files, pdb.topology, start=start,
+                     steps=phase.steps, report_interval=phase.report_interval,
+                     timestep_fs=phase.timestep, temperature=phase.temperature,
+                     max_temperature_factor=phase.max_temperature_factor, progress=progress)
     finally:
         lmp.close()
 
 
-def _segments(lmp, phase: Phase, start: int, periodic: bool, topology, progress) -> None:
-    from openmm import Vec3, app, unit
-
-    out = phase.out
-    restart, status_file = out / "restart.bin", out / "status.json"
-    table, trajectory = out / "thermo.csv", out / "trajectory.dcd"
-    append = start > 0 and trajectory.exists()
-    handle = open(trajectory, "r+b" if append else "wb")
-    dcd = app.DCDFile(handle, topology, phase.timestep * unit.femtoseconds,
-                      firstStep=phase.report_interval, interval=phase.report_interval, append=append)
-    try:
-        step = start
-        while step < phase.steps:
-            began = time.perf_counter()
-            lmp.command(f"run {phase.report_interval}")
-            step += phase.report_interval
-            elapsed = time.perf_counter() - began
-            row = _thermo_row(lmp, step, phase, periodic,
-                              phase.report_interval * phase.timestep * 1e-6 / elapsed * 86400)
-            if not np.isfinite(row["potential_kJ_mol"]) or row["temperature_K"] > phase.max_temperature_factor * phase.temperature:
-                raise SimulationExploded(
-                    f"step {step}: potential energy {row['potential_kJ_mol']:.4g} kJ/mol, temperature "
-                    f"{row['temperature_K']:.4g} K: the simulation is unstable; reduce --timestep. "
-                    f"The last good state is in {restart}.")
-            x = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3) / 10.0
-            boxlo, boxhi, *_ = lmp.extract_box()
-            edges = [(hi - lo) / 10.0 for lo, hi in zip(boxlo, boxhi)]
-            vectors = [Vec3(edges[0], 0, 0), Vec3(0, edges[1], 0), Vec3(0, 0, edges[2])]
-            dcd.writeModel(x * unit.nanometer, periodicBoxVectors=vectors if periodic else None)
-            handle.flush()
-            with open(table, "a", newline="") as stream:
-                csv.DictWriter(stream, fieldnames=CSV_FIELDS).writerow(row)
-            lmp.command(f"write_restart {out / 'restart.tmp'}")
-            os.replace(out / "restart.tmp", restart)
-            status_file.write_text(json.dumps({"step": step, "steps": phase.steps}))
-            progress(f"step {step}/{phase.steps}  E_pot {row['potential_kJ_mol']:.2f} kJ/mol  "
-                     f"T {row['temperature_K']:.1f} K  {row['ns_per_day']:.3f} ns/day")
-    finally:
-        handle.close()

@@ -1,31 +1,20 @@
 """``allscaip openmm run``: production MD of a PDB box with an AllScAIP model.
 
-Runs in segments of ``report_interval`` steps. After each segment the state is checked
-(finite energy, temperature below a blow-up limit); only a good state is written: a DCD
-frame, a CSV row and then the checkpoint. ``--resume`` reloads the checkpoint and trims the
-DCD and CSV to it, so an interruption at any moment loses nothing and duplicates nothing.
+Runs in segments of ``report_interval`` steps through the engine-neutral loop of
+``allscaip.plugins.segments`` (checks, DCD frame, CSV row, checkpoint); ``--resume`` reloads
+the checkpoint and trims the DCD and CSV to it, so an interruption loses nothing.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import os
-import struct
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from allscaip.plugins.segments import (SegmentFiles, SimulationExploded,  # noqa: F401  (re-exported)
+                                       checkpointed_step, run_segments, start_table, trim_outputs)
+
 ENSEMBLES = ("nve", "nvt", "npt")
-CSV_FIELDS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ_mol",
-              "temperature_K", "volume_nm3", "density_g_cm3", "ns_per_day"]
-
-
-class SimulationExploded(RuntimeError):
-    """The energy became non-finite or the temperature ran away."""
-
-
 @dataclass
 class RunSettings:
     pdb: str
@@ -101,38 +90,6 @@ def build_simulation(settings: RunSettings):
     return simulation
 
 
-def truncate_dcd(path: Path, n_frames: int) -> None:
-    """Keep the first ``n_frames`` frames of an OpenMM DCD file (header count updated)."""
-    with open(path, "r+b") as handle:
-        handle.seek(8)
-        stored = struct.unpack("<i", handle.read(4))[0]
-        if stored <= n_frames:
-            return
-        handle.seek(12)
-        first_step, interval = struct.unpack("<ii", handle.read(8))
-        size = os.path.getsize(path)
-        handle.seek(92)
-        comment_bytes = struct.unpack("<i", handle.read(4))[0]
-        header = 104 + comment_bytes + 12
-        frame_size = (size - header) // stored
-        handle.truncate(header + n_frames * frame_size)
-        handle.seek(8)
-        handle.write(struct.pack("<i", n_frames))
-        handle.seek(20)
-        handle.write(struct.pack("<i", first_step + (n_frames - 1) * interval))
-
-
-def trim_csv(path: Path, last_step: int) -> int:
-    """Drop rows after ``last_step``; return the rows kept."""
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= last_step]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return len(rows)
-
-
 def state_row(simulation, step: int, n_dof: int, total_mass_amu: float, ns_per_day: float) -> dict:
     from openmm import unit
 
@@ -164,74 +121,59 @@ def degrees_of_freedom(system) -> int:
     return dof
 
 
+class OpenMMSegments:
+    """``plugins.segments.SegmentEngine`` for an ``openmm.app.Simulation``."""
+
+    def __init__(self, simulation):
+        from openmm import unit
+
+        self.simulation = simulation
+        system = simulation.system
+        self.n_dof = degrees_of_freedom(system)
+        self.total_mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton)
+                              for i in range(system.getNumParticles()))
+
+    def advance(self, steps: int) -> None:
+        self.simulation.step(steps)
+
+    def thermo_row(self, step: int, ns_per_day: float) -> dict:
+        return state_row(self.simulation, step, self.n_dof, self.total_mass, ns_per_day)
+
+    def frame(self):
+        state = self.simulation.context.getState(getPositions=True, enforcePeriodicBox=False)
+        return state.getPositions(), state.getPeriodicBoxVectors()
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.simulation.saveCheckpoint(str(path))
+
+
 def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
     """Run (or resume) the simulation; return a summary dict."""
-    from openmm import app, unit
+    from openmm import unit
 
     settings.validate()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint, status_file = out / "checkpoint.chk", out / "status.json"
-    trajectory, table = out / "trajectory.dcd", out / "thermo.csv"
+    files = SegmentFiles(out, out / "checkpoint.chk")
     simulation = build_simulation(settings)
-    system = simulation.system
     start_step = 0
-    if resume and checkpoint.exists():
-        simulation.loadCheckpoint(str(checkpoint))
-        start_step = json.loads(status_file.read_text())["step"]
+    if resume and files.checkpoint.exists():
+        simulation.loadCheckpoint(str(files.checkpoint))
+        start_step = checkpointed_step(files)
         simulation.currentStep = start_step
-        frames = trim_csv(table, start_step)
-        truncate_dcd(trajectory, frames)
-        progress(f"resumed at step {start_step} from {checkpoint}")
+        trim_outputs(files, start_step)
+        progress(f"resumed at step {start_step} from {files.checkpoint}")
     else:
         if resume:
             progress(f"no checkpoint in {out}; starting from the PDB")
         if settings.ensemble != "nve":
             simulation.minimizeEnergy(maxIterations=200)
         simulation.context.setVelocitiesToTemperature(settings.temperature * unit.kelvin, settings.seed)
-        with open(table, "w", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=CSV_FIELDS).writeheader()
+        start_table(files)
         (out / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
-
-    n_dof = degrees_of_freedom(system)
-    total_mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton)
-                     for i in range(system.getNumParticles()))
-    dcd_handle = open(trajectory, "r+b" if start_step > 0 and trajectory.exists() else "wb")
-    dcd = app.DCDFile(dcd_handle, simulation.topology, settings.timestep * unit.femtoseconds,
-                      firstStep=settings.report_interval, interval=settings.report_interval,
-                      append=start_step > 0 and trajectory.exists())
-    try:
-        step = start_step
-        wall_start = time.perf_counter()
-        while step < settings.steps:
-            began = time.perf_counter()
-            simulation.step(settings.report_interval)
-            step += settings.report_interval
-            elapsed = time.perf_counter() - began
-            ns_per_day = settings.report_interval * settings.timestep * 1e-6 / elapsed * 86400
-            row = state_row(simulation, step, n_dof, total_mass, ns_per_day)
-            limit = settings.max_temperature_factor * settings.temperature
-            if not math.isfinite(row["potential_kJ_mol"]) or row["temperature_K"] > limit:
-                raise SimulationExploded(
-                    f"step {step}: potential energy {row['potential_kJ_mol']:.4g} kJ/mol, temperature "
-                    f"{row['temperature_K']:.4g} K (limit {limit:.0f} K). The simulation is unstable: "
-                    "reduce --timestep, check the starting structure and that the model covers it. "
-                    f"The last good state is in {checkpoint}.")
-            state = simulation.context.getState(getPositions=True, enforcePeriodicBox=False)
-            dcd.writeModel(state.getPositions(), periodicBoxVectors=state.getPeriodicBoxVectors())
-            dcd_handle.flush()
-            with open(table, "a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=CSV_FIELDS).writerow(row)
-            temporary = checkpoint.with_suffix(".tmp")
-            simulation.saveCheckpoint(str(temporary))
-            os.replace(temporary, checkpoint)
-            status_file.write_text(json.dumps({"step": step, "steps": settings.steps}))
-            done = (step - start_step) / (settings.steps - start_step)
-            remaining = (time.perf_counter() - wall_start) * (1 - done) / done
-            progress(f"step {step}/{settings.steps}  E_pot {row['potential_kJ_mol']:.2f} kJ/mol  "
-                     f"T {row['temperature_K']:.1f} K  {ns_per_day:.3f} ns/day  {100 * done:.0f}%  "
-                     f"remaining {remaining:.0f} s")
-    finally:
-        dcd_handle.close()
-    return {"steps": step, "checkpoint": str(checkpoint), "trajectory": str(trajectory),
-            "thermo": str(table)}
+    step = run_segments(OpenMMSegments(simulation), files, simulation.topology, start=start_step,
+                        steps=settings.steps, report_interval=settings.report_interval,
+                        timestep_fs=settings.timestep, temperature=settings.temperature,
+                        max_temperature_factor=settings.max_temperature_factor, progress=progress)
+    return {"steps": step, "checkpoint": str(files.checkpoint), "trajectory": str(files.trajectory),
+            "thermo": str(files.table)}
