@@ -70,8 +70,8 @@ class Evaluator(nn.Module):
             box = cell.to(self.dtype) * self.length_unit
         else:
             box = torch.eye(3, dtype=self.dtype, device=positions.device)
-        energy, forces, virial = self.model.evaluate(selected, self.atomic_numbers, box, self.pbc,
-                                                     self.charge, self.spin, True, compute_virial)
+        energy, forces, virial = self.model(selected, self.atomic_numbers, box, self.pbc, self.charge,
+                                            self.spin, True, compute_virial, False)
         forces = forces.detach() * self.force_unit
         if self.subset:
             full = torch.zeros((self.n_particles, 3), dtype=forces.dtype, device=forces.device)

@@ -441,23 +441,18 @@ class AllScAIP(nn.Module):
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
-                compute_forces: bool = True, compute_virial: bool = False
+                compute_forces: bool = True, compute_virial: bool = False, check_inputs: bool = True
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """positions (N,3) Angstrom, atomic_numbers (N,) int64, cell (3,3) Angstrom (rows),
-        pbc (3,) bool, charge and spin () int64.
+        pbc (3,) bool, charge and spin () int64. ``check_inputs=False`` skips the element and
+        cell checks (a host sync each call), for callers that checked once
+        (``allscaip.evaluator.Evaluator``).
 
         Returns energy () float64 eV, forces (N,3) eV/Angstrom (empty if not computed),
         virial (3,3) eV (empty if not computed).
         """
-        self.check_inputs(positions, atomic_numbers, cell, pbc)
-        return self.evaluate(positions, atomic_numbers, cell, pbc, charge, spin, compute_forces, compute_virial)
-
-    def evaluate(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
-                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
-                 compute_forces: bool = True, compute_virial: bool = False
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``forward`` without its input checks (a host sync each call): for callers that
-        checked the elements and the cell once (``allscaip.evaluator.Evaluator``)."""
+        if check_inputs:
+            self.check_inputs(positions, atomic_numbers, cell, pbc)
         wrapped = wrap_positions(positions, cell, pbc)
         conserving = not self.direct_forces
         strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
