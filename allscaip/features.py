@@ -58,8 +58,10 @@ def gaussian_window(distance: torch.Tensor, offsets: torch.Tensor, half_width: i
 
 def degree_of_component(lmax: int, device: torch.device) -> torch.Tensor:
     """l of each of the (lmax+1)^2 harmonic components."""
-    degree = torch.arange(lmax + 1, device=device)
-    return torch.repeat_interleave(degree, 2 * degree + 1)
+    degrees: List[int] = []
+    for l in range(lmax + 1):
+        degrees += [l] * (2 * l + 1)
+    return torch.tensor(degrees, dtype=torch.long, device=device)
 
 
 def bond_orientational_order(harmonics: torch.Tensor, weight: torch.Tensor, center: torch.Tensor,

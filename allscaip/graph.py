@@ -67,52 +67,61 @@ def safe_norm(vectors: torch.Tensor) -> torch.Tensor:
     return torch.where(squared <= 1e-12, torch.zeros_like(norm), norm)
 
 
-def wrap_positions(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+def wrap_positions(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                   periodic: Optional[List[bool]] = None) -> torch.Tensor:
     """Move atoms into the cell along periodic axes (fractional coordinate mod 1).
 
     The shift is a lattice vector computed without autograd, so d(wrapped)/d(positions)
-    is the identity.
+    is the identity. ``periodic``: pbc as Python bools, when the caller has read them.
     """
-    if not bool(pbc.any()):
+    if periodic is None:
+        flags: List[bool] = pbc.tolist()
+        periodic = flags
+    if not any(periodic):
         return positions
     fractional = torch.linalg.solve(cell.detach().T, positions.detach().T).T
     shift = torch.floor(fractional) * pbc.to(positions.dtype)
     return positions - shift @ cell.detach()
 
 
-def image_reps(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> List[int]:
-    """Images per side along each axis, as fairchem counts them: ceil(cutoff / plane spacing)
-    on periodic axes, 0 on the others (one host sync)."""
-    if not bool(pbc.any()):
-        return [0, 0, 0]
-    volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2]))
-    inverse_spacings = torch.stack([
-        torch.linalg.norm(torch.linalg.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3]) / volume)
-        for axis in range(3)])
+class CellPlan(NamedTuple):
+    """What the graph and node attention need to know about the cell, read to the host once
+    per call (the only host synchronisation about the cell).
+
+    periodic: per axis; reps: images per side, as fairchem counts them (ceil(cutoff / plane
+    spacing) on periodic axes, 0 on the others); wide: every periodic plane spacing exceeds
+    twice the candidate search radius (a minimum-image search suffices); orthorhombic: no
+    off-diagonal cell entries (pair minimum images by rounding).
+    """
+
+    periodic: List[bool]
+    reps: List[int]
+    wide: bool
+    orthorhombic: bool
+
+
+def cell_plan(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float, search_radius: float) -> CellPlan:
+    """``CellPlan`` of this cell, computed in the cell's dtype and read in one host copy."""
+    frozen = cell.detach()
+    signed_volume = torch.dot(frozen[0], torch.linalg.cross(frozen[1], frozen[2]))
+    normals = [torch.linalg.cross(frozen[(axis + 1) % 3], frozen[(axis + 2) % 3]) for axis in range(3)]
+    inverse_spacings = torch.stack([torch.linalg.norm(normal / signed_volume) for normal in normals])
+    spacings = torch.stack([signed_volume.abs() / torch.linalg.norm(normal) for normal in normals])
     reps = torch.where(pbc, torch.ceil(cutoff * inverse_spacings), torch.zeros_like(inverse_spacings))
-    values: List[float] = reps.tolist()
-    return [int(r) for r in values]
+    off_diagonal = (frozen - torch.diag(torch.diagonal(frozen))).abs().max().reshape(1)
+    values: List[float] = torch.cat([pbc.to(frozen.dtype), reps, spacings, off_diagonal]).tolist()
+    periodic = [v > 0.5 for v in values[0:3]]
+    wide = any(periodic)
+    for axis in range(3):
+        if periodic[axis] and not values[6 + axis] > 2.0 * search_radius:
+            wide = False
+    return CellPlan(periodic, [int(v) for v in values[3:6]], wide, values[9] == 0.0)
 
 
 def lattice_images(reps: List[int], cell: torch.Tensor) -> torch.Tensor:
     """Integer image vectors (M, 3) in fairchem's order; (0,0,0) sits at M // 2."""
     ranges = [torch.arange(-r, r + 1, dtype=cell.dtype, device=cell.device) for r in reps]
     return torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).reshape(-1, 3)
-
-
-def image_translations(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Integer image vectors (M, 3) as fairchem enumerates them; (0,0,0) sits at M // 2."""
-    return lattice_images(image_reps(cell, pbc, cutoff), cell)
-
-
-def plane_spacings(cell: torch.Tensor) -> torch.Tensor:
-    """Distance between opposite faces of the cell along each axis: V / |b x c| etc."""
-    volume = torch.dot(cell[0], torch.linalg.cross(cell[1], cell[2])).abs()
-    spacings: List[torch.Tensor] = []
-    for axis in range(3):
-        area = torch.linalg.norm(torch.linalg.cross(cell[(axis + 1) % 3], cell[(axis + 2) % 3]))
-        spacings.append(volume / area)
-    return torch.stack(spacings)
 
 
 def find_candidates_minimum_image(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
@@ -197,23 +206,23 @@ def _position_in_segment(sorted_segment: torch.Tensor, n_segments: int) -> torch
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                          cutoff: float, knn_k: int, rank_scale: float = 0.2,
                          lse_scale: float = 0.1, knn_delta: int = 20,
-                         reps: Optional[List[int]] = None) -> NeighborGraph:
+                         plan: Optional[CellPlan] = None) -> NeighborGraph:
     """The soft bi-kNN graph of one system; differentiable in positions and cell.
 
     positions: (N, 3) Angstrom, already wrapped; cell: (3, 3) rows are lattice vectors;
-    pbc: (3,) bool. Periodic axes need a non-singular cell. ``reps``: ``image_reps`` of this
-    cell and cutoff, when the caller has it already.
+    pbc: (3,) bool. Periodic axes need a non-singular cell. ``plan``: ``cell_plan`` of this
+    cell, when the caller has it already.
     """
     n_atoms = positions.shape[0]
     device = positions.device
-    if reps is None:
-        reps = image_reps(cell.detach(), pbc, cutoff)
+    search_radius = cutoff + 4.0 * rank_scale
+    if plan is None:
+        plan = cell_plan(cell, pbc, cutoff, search_radius)
+    reps = plan.reps
     images = lattice_images(reps, cell.detach())
     n_images = images.shape[0]
     offsets = images @ cell  # differentiable in the (strained) cell
-    search_radius = cutoff + 4.0 * rank_scale
-    wide = bool(pbc.any()) and bool((plane_spacings(cell.detach())[pbc] > 2.0 * search_radius).all())
-    if wide:
+    if plan.wide:
         src, dst, img = find_candidates_minimum_image(
             positions.detach(), cell.detach(), pbc, search_radius, reps)
     else:
@@ -308,23 +317,21 @@ def envelope_bias(env: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, bias, torch.full_like(env, float("-inf")))
 
 
-def pair_images(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
-                cutoff: float, reps: Optional[List[int]] = None) -> PairImages:
+def pair_images(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, plan: CellPlan) -> PairImages:
     """Minimum-image bookkeeping over fairchem's image set (the min over enumerated images).
 
     For orthorhombic (or non-periodic) cells rounding the fractional separation gives that
     minimum directly (|n| <= 1 <= reps for wrapped atoms); otherwise all images are searched.
     """
-    if reps is None:
-        reps = image_reps(cell.detach(), pbc, cutoff)
+    reps = plan.reps
     images = lattice_images(reps, cell.detach())
     widths = [2 * r + 1 for r in reps]
     strides = torch.tensor([widths[1] * widths[2], widths[2], 1], dtype=torch.long, device=positions.device)
     frozen = cell.detach()
     periodic = pbc.to(positions.dtype)
-    if not bool(pbc.any()):
+    if not any(plan.periodic):
         inverse = torch.eye(3, dtype=positions.dtype, device=positions.device)
-    elif bool((frozen - torch.diag(torch.diagonal(frozen))).abs().max() == 0):
+    elif plan.orthorhombic:
         inverse = torch.linalg.inv(frozen)
     else:
         inverse = torch.empty((0, 3), dtype=positions.dtype, device=positions.device)

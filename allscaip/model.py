@@ -15,7 +15,7 @@ from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sine_kernels,
                                unit_vectors)
-from allscaip.graph import (NeighborGraph, PairImages, build_neighbor_graph, envelope_bias, image_reps,
+from allscaip.graph import (CellPlan, NeighborGraph, PairImages, build_neighbor_graph, cell_plan, envelope_bias,
                             minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
                             wrap_positions)
 from allscaip.spherical import PolynomialHarmonics
@@ -240,14 +240,19 @@ class Backbone(nn.Module):
             return envelope_bias(env)
         return torch.where(env < 1.0, torch.zeros_like(env), torch.full_like(env, float("-inf")))
 
+    def cell_plan(self, cell: torch.Tensor, pbc: torch.Tensor) -> CellPlan:
+        """The cell facts the graph and node attention share (one host read per call)."""
+        return cell_plan(cell, pbc, self.cutoff, self.cutoff + 4.0 * self.rank_scale)
+
     def prepare(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
-                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor
-                ) -> Tuple[torch.Tensor, BlockInputs]:
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                plan: Optional[CellPlan] = None) -> Tuple[torch.Tensor, BlockInputs]:
         """Graph and features: initial slot states (N, P, H) and the blocks' other inputs."""
-        reps = image_reps(cell.detach(), pbc, self.cutoff)  # shared by the graph and node attention
+        if plan is None:
+            plan = self.cell_plan(cell, pbc)
         graph: NeighborGraph = build_neighbor_graph(
             positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
-            self.knn_delta, reps)
+            self.knn_delta, plan)
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
         directions = unit_vectors(graph.edge_disp)
@@ -276,15 +281,16 @@ class Backbone(nn.Module):
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
                            torch.zeros(3, dtype=torch.long, device=x.device))
         if self.use_node_path and self.use_sincx_mask:
-            pairs = pair_images(positions, cell, pbc, self.cutoff, reps)
+            pairs = pair_images(positions, cell, pbc, plan)
             if self.block_size == 0:
                 sines = sine_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
         return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, src_angles, dst_angles,
                               sines, pairs)
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
-                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor) -> torch.Tensor:
-        x, inputs = self.prepare(positions, atomic_numbers, cell, pbc, charge, spin)
+                pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                plan: Optional[CellPlan] = None) -> torch.Tensor:
+        x, inputs = self.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
         for block in self.transformer_blocks:
             x = block(x, inputs, self.sinc_omega, self.block_size)
         return x[:, 0]
@@ -413,13 +419,13 @@ class AllScAIP(nn.Module):
 
     def recomputing_gradients(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                               cell: torch.Tensor, pbc: torch.Tensor, charge: torch.Tensor,
-                              spin: torch.Tensor, inputs: List[torch.Tensor]
+                              spin: torch.Tensor, inputs: List[torch.Tensor], plan: CellPlan
                               ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
         """Raw energy and its gradients with respect to ``inputs`` with blocked node attention,
         storing only each block's input: blocks (and node-attention query blocks) are
         recomputed in the backward pass, so memory grows ~linearly in N. Not double
         differentiable (training uses the plain autograd path)."""
-        x, block_inputs = self.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin)
+        x, block_inputs = self.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
         states, updates, final = self.backbone.layer_states(x, block_inputs)
         final = final.detach().requires_grad_(True)
         raw_energy = self.energy_head(final[:, 0]).sum()
@@ -453,7 +459,8 @@ class AllScAIP(nn.Module):
         """
         if check_inputs:
             self.check_inputs(positions, atomic_numbers, cell, pbc)
-        wrapped = wrap_positions(positions, cell, pbc)
+        plan = self.backbone.cell_plan(cell, pbc)
+        wrapped = wrap_positions(positions, cell, pbc, plan.periodic)
         conserving = not self.direct_forces
         strain = torch.zeros((3, 3), dtype=positions.dtype, device=positions.device)
         inputs: List[torch.Tensor] = []
@@ -472,13 +479,14 @@ class AllScAIP(nn.Module):
         if self.backbone.block_size > 0 and not self.training:
             if len(inputs) > 0:
                 raw_energy, grads = self.recomputing_gradients(
-                    strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, inputs)
+                    strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, inputs, plan)
             else:
                 with torch.no_grad():
-                    nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
+                    nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin,
+                                          plan)
                     raw_energy = self.energy_head(nodes).sum()
         else:
-            nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin)
+            nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
             raw_energy = self.energy_head(nodes).sum()
             if len(inputs) > 0:
                 grads = torch.autograd.grad([raw_energy], inputs, create_graph=self.training)

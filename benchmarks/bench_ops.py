@@ -9,7 +9,8 @@ unlike a timing). Printed per system size, for the eager model and its TorchScri
 - ``dispatched``: operator calls reaching the kernels (a TorchDispatchMode count: what
   actually runs, each op once);
 - ``host syncs``: dispatched ops whose result the host must wait for (``.item()``,
-  ``nonzero``, data-dependent shapes) -- on a GPU each stalls the stream;
+  ``nonzero``, data-dependent shapes) -- on a GPU each stalls the stream; the one
+  ``.tolist()`` of the cell plan per call does not dispatch and is not counted;
 - ms per call (median; only comparable between rows of the same run).
 
     .venv/bin/python benchmarks/bench_ops.py                       # shipped model, 1/64/216 waters

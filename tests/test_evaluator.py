@@ -4,6 +4,7 @@ TorchScript, and agreement with the model called directly (float64)."""
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from allscaip.evaluator import Evaluator
 from conftest import fresh_model, golden_structures, model_inputs
@@ -53,3 +54,35 @@ def test_bad_elements_and_subsets_fail_at_construction_with_a_clear_message():
         Evaluator(model, [8, 1, 120, 0])
     with pytest.raises(ValueError, match="one atomic number per ML atom"):
         Evaluator(model, [8, 1, 1], indices=[0, 1], n_particles=5)
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts dispatched ops whose result the host must wait for."""
+
+    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+                "unique_consecutive", "is_nonzero", "equal", "repeat_interleave", "item"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNC_OPS:
+            self.calls.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["water", "water_box16_pbc", "triclinic_methanol_water"])
+def test_steady_state_call_syncs_only_for_the_graphs_data_dependent_sizes(name):
+    """An evaluator call waits for the host only where the graph's sizes depend on the data:
+    the candidate search (nonzero), the widest candidate row and the slot count. (The cell is
+    read once more by ``.tolist()``, which does not dispatch.) A new sync anywhere else fails."""
+    model = fresh_model("conserving_sm")
+    positions, numbers, cell, pbc, charge, spin = model_inputs(structure(name))
+    evaluator = Evaluator(model, numbers.tolist(), pbc=pbc.tolist(), charge=int(charge), spin=int(spin),
+                          dtype=torch.float64)
+    evaluator(positions, cell, True)
+    counter = HostSyncs()
+    with counter:
+        evaluator(positions, cell, True)
+    assert sorted(counter.calls) == ["_local_scalar_dense", "_local_scalar_dense", "nonzero"], counter.calls
