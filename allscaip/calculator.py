@@ -41,9 +41,11 @@ class AllScAIPCalculator(Calculator):
 
     def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
                  dtype: str | torch.dtype = "float64", model: AllScAIP | None = None,
-                 node_attention_block_size: int | None = None, **kwargs):
+                 node_attention_block_size: int | None = None, compile: bool = False, **kwargs):
         """device: "cpu", "cuda", "cuda:1", ...; node_attention_block_size: blocked node
-        attention for large systems (0: dense; None: the model's setting)."""
+        attention for large systems (0: dense; None: the model's setting); compile: the network
+        through ``torch.compile`` (pays for fixed shapes, e.g. one molecule; each new atom or
+        slot count compiles again, see ``allscaip.compiled``)."""
         super().__init__(**kwargs)
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         self.device = torch.device(device)
@@ -54,6 +56,8 @@ class AllScAIPCalculator(Calculator):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         if node_attention_block_size is not None:
             self.model.set_node_attention_block_size(node_attention_block_size)
+        if compile:
+            self.model.compile_network()
         self.evaluator: Evaluator | None = None
         self.evaluator_key: tuple = ()
 

@@ -31,18 +31,22 @@ class Evaluator(nn.Module):
     length_unit: Angstrom per engine length unit (OpenMM nm: 10); energy_unit: engine energy
     units per eV (OpenMM kJ/mol: 96.485..., LAMMPS real kcal/mol: 23.06...). ``indices``: the
     ML atoms among ``n_particles`` (forces of the others are zero); ``atomic_numbers`` has one
-    entry per ML atom.
+    entry per ML atom. ``compile``: the network through ``torch.compile`` for eager calls
+    (``allscaip.compiled``; the model is changed in place; a scripted Evaluator ignores it).
     """
 
     def __init__(self, model: AllScAIP, atomic_numbers: Sequence[int], *, pbc: Sequence[bool] = (False,) * 3,
                  charge: int = 0, spin: int = 1, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", length_unit: float = 1.0, energy_unit: float = 1.0,
-                 indices: Optional[Sequence[int]] = None, n_particles: Optional[int] = None):
+                 indices: Optional[Sequence[int]] = None, n_particles: Optional[int] = None,
+                 compile: bool = False):
         super().__init__()
         check_supported(model, atomic_numbers)
         if indices is not None and len(indices) != len(atomic_numbers):
             raise ValueError("give one atomic number per ML atom")
         self.model = model.to(device=device, dtype=dtype).eval()
+        if compile:
+            self.model.compile_network()
         self.dtype = dtype
         self.length_unit = float(length_unit)
         self.energy_unit = float(energy_unit)

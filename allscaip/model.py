@@ -363,7 +363,7 @@ class AllScAIP(nn.Module):
     -dE/d(strain) from a symmetric strain of positions and cell (conserving only).
     """
 
-    __jit_ignored_attributes__ = ["config", "metadata"]
+    __jit_ignored_attributes__ = ["config", "metadata", "compiled"]
 
     def __init__(self, cfg: ModelConfig, energy_scale: float = 1.0, energy_shift: float = 0.0,
                  force_scale: float = 1.0, stress_scale: float = 1.0,
@@ -371,6 +371,8 @@ class AllScAIP(nn.Module):
         super().__init__()
         self.config = cfg
         self.metadata: dict = {}
+        self.compiled = None  # allscaip.compiled.CompiledNetwork, for eager callers (see compile_network)
+        self.use_compiled = False
         self.backbone = Backbone(cfg)
         self.energy_head = EnergyHead(cfg)
         self.direct_forces = bool(cfg.direct_forces)
@@ -392,6 +394,33 @@ class AllScAIP(nn.Module):
         device = fn(torch.zeros(0, device=references.device)).device
         self.element_references = references.to(device)
         return self
+
+    @torch.jit.unused
+    def compile_network(self) -> "AllScAIP":
+        """Run the attention blocks and energy head through ``torch.compile`` (inductor) in
+        inference with conserving forces; featurization stays eager. Falls back to eager with a
+        warning where compilation fails. See ``allscaip.compiled``."""
+        from allscaip.compiled import CompiledNetwork
+
+        self.compiled = CompiledNetwork(self)
+        self.use_compiled = True
+        return self
+
+    @torch.jit.unused
+    def compiled_energy(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                        pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor, plan: CellPlan
+                        ) -> torch.Tensor:
+        """Raw energy with eager featurization and the compiled network (eager only)."""
+        x, inputs = self.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
+        return self.compiled(x, inputs)
+
+    def network_energy(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """Raw (normalised) energy from the initial slot states and the blocks' other inputs:
+        the attention blocks and the energy head, the part ``compile_network`` compiles."""
+        backbone = self.backbone
+        for block in backbone.transformer_blocks:
+            x = block(x, inputs, backbone.sinc_omega, backbone.block_size)
+        return self.energy_head(x[:, 0]).sum()
 
     def set_node_attention_block_size(self, size: int) -> "AllScAIP":
         """Switch node attention between dense (0) and query blocks of ``size`` atoms."""
@@ -485,6 +514,11 @@ class AllScAIP(nn.Module):
                     nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin,
                                           plan)
                     raw_energy = self.energy_head(nodes).sum()
+        elif self.use_compiled and conserving and not self.training and not torch.jit.is_scripting():
+            raw_energy = self.compiled_energy(strained_positions, atomic_numbers, strained_cell, pbc,
+                                              charge, spin, plan)
+            if len(inputs) > 0:
+                grads = torch.autograd.grad([raw_energy], inputs)
         else:
             nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
             raw_energy = self.energy_head(nodes).sum()

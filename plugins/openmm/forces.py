@@ -43,11 +43,11 @@ class OpenMMAllScAIP(nn.Module):
 
 def openmm_evaluator(model: AllScAIP, atomic_numbers: Sequence[int], n_particles: int,
                      indices: Optional[Sequence[int]], charge: int, spin: int, periodic: bool,
-                     dtype: torch.dtype, device: str = "cpu") -> Evaluator:
+                     dtype: torch.dtype, device: str = "cpu", compile: bool = False) -> Evaluator:
     """The model in OpenMM's units (nm, kJ/mol) on ``indices`` of ``n_particles`` (all if None)."""
     return Evaluator(model, atomic_numbers, pbc=[periodic] * 3, charge=charge, spin=spin, dtype=dtype,
                      device=device, length_unit=ANGSTROM_PER_NM, energy_unit=EV_TO_KJ_PER_MOL,
-                     indices=indices, n_particles=n_particles)
+                     indices=indices, n_particles=n_particles, compile=compile)
 
 
 def element_numbers(topology, atoms: Optional[Sequence[int]] = None) -> list[int]:
@@ -74,7 +74,7 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
                           charge: int = 0, spin: int = 1, periodic: bool = False,
                           dtype: str = "float32", backend: str = "torchforce",
                           node_attention_block_size: Optional[int] = None, cuda_graphs: bool = False,
-                          device: str = "cpu"):
+                          device: str = "cpu", compile: bool = False):
     """An OpenMM Force computing AllScAIP on ``atoms`` (default: all particles).
 
     atomic_numbers: one per ML atom (len(atoms), or n_particles when atoms is None);
@@ -83,12 +83,16 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
     node_attention_block_size: blocked node attention for large systems (0: dense; None:
     the model's setting); cuda_graphs: openmm-torch's ``useCUDAGraphs`` property (TorchForce
     on the CUDA platform; needs a capture-safe model, see README); device: where the
-    ``python`` backend evaluates (a TorchForce runs on its OpenMM platform's device).
+    ``python`` backend evaluates (a TorchForce runs on its OpenMM platform's device);
+    compile: the ``python`` backend's network through ``torch.compile`` (``allscaip.compiled``;
+    pays for fixed shapes such as a gas-phase molecule).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if compile and backend != "python":
+        raise ValueError("compile=True applies to backend='python' (a TorchForce runs TorchScript)")
     torch_dtype = DTYPES[dtype]
     network = _resolve_model(model, torch_dtype)
     if node_attention_block_size is not None:
@@ -101,7 +105,7 @@ def create_allscaip_force(model: str | Path | AllScAIP, atomic_numbers: Sequence
         from allscaip.plugins.openmm.pythonforce import create_python_force
 
         return create_python_force(network, atomic_numbers, atoms, charge, spin, periodic, torch_dtype,
-                                   device)
+                                   device, compile)
 
     from allscaip.plugins.openmm.runtime import import_openmmtorch
 

@@ -19,12 +19,12 @@ class AllScAIPComputation:
     """Callable for PythonForce: State (positions nm, box nm) -> (kJ/mol, kJ/mol/nm)."""
 
     def __init__(self, model: AllScAIP, atomic_numbers: Sequence[int], charge: int, spin: int,
-                 periodic: bool, dtype: torch.dtype, device: str = "cpu"):
+                 periodic: bool, dtype: torch.dtype, device: str = "cpu", compile: bool = False):
         self.device = torch.device(device)
         self.dtype = dtype
         self.periodic = periodic
         self.evaluator = openmm_evaluator(model, atomic_numbers, len(atomic_numbers), None, charge, spin,
-                                          periodic, dtype, device)
+                                          periodic, dtype, device, compile)
 
     @property
     def model(self) -> AllScAIP:
@@ -43,12 +43,14 @@ class AllScAIPComputation:
 
 
 def create_python_force(model: AllScAIP, atomic_numbers: Sequence[int], atoms: Optional[Sequence[int]],
-                        charge: int, spin: int, periodic: bool, dtype: torch.dtype, device: str = "cpu"):
+                        charge: int, spin: int, periodic: bool, dtype: torch.dtype, device: str = "cpu",
+                        compile: bool = False):
     import openmm
 
     if not hasattr(openmm, "PythonForce"):
         raise ImportError("openmm.PythonForce needs OpenMM >= 8.5; use backend='torchforce'")
-    force = openmm.PythonForce(AllScAIPComputation(model, atomic_numbers, charge, spin, periodic, dtype, device))
+    force = openmm.PythonForce(AllScAIPComputation(model, atomic_numbers, charge, spin, periodic, dtype, device,
+                                                   compile))
     if atoms is not None:
         force.setParticles(list(atoms))
     force.setUsesPeriodicBoundaryConditions(periodic)
