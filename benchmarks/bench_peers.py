@@ -6,7 +6,7 @@ Its neighbour list is built by matscipy on every call, as openmm-ml's MACE poten
 MACE is never a dependency of this project: ``--install`` puts pinned wheels into a side folder
 (``benchmarks/.peers``, git-ignored) with ``--no-deps``, so the project's torch is untouched.
 
-    .venv/bin/python benchmarks/bench_peers.py --install        # once (~60 MB)
+    .venv/bin/python benchmarks/bench_peers.py --install        # once (~140 MB)
     .venv/bin/python benchmarks/bench_peers.py --waters 1 64 216
 
 Calls of the two models alternate (ours, MACE small, MACE medium, ours, ...) so that a change
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         install()
         return 0
     if not (SIDE / "mace").is_dir():
-        sys.exit(f"MACE is not installed in {SIDE}: run `{sys.argv[0]} --install` first (pip, ~60 MB)")
+        sys.exit(f"MACE is not installed in {SIDE}: run `{sys.argv[0]} --install` first (pip, ~140 MB)")
     sys.path.insert(0, str(SIDE))
     sys.path.insert(0, str(HERE))
     warnings.filterwarnings("ignore")  # MACE's import-time notices
