@@ -7,6 +7,10 @@ network is compiled with ``dynamic=False``: every new slot count P or atom count
 which is why the fast-path issue asks for a fixed slot width before compile is switched on.
 
     .venv/bin/python benchmarks/compile_probe.py --waters 1 64
+    .venv/bin/python benchmarks/compile_probe.py --waters 64 --pad-slots 8   # bucketed width
+
+The max differences compare with the unpadded eager call, so with ``--pad-slots`` they also
+check that the padding leaves the function unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "models" / "allscaip-spcfw-water" / "model.pt"
 
 
-def split_call(model):
+def split_call(model, pad_multiple: int = 0):
     """(featurize, network): eager featurize, and the blocks + energy head as one function of
     the featurized tensors (what would be compiled)."""
     from allscaip.model import BlockInputs
@@ -38,10 +42,33 @@ def split_call(model):
 
     def featurize(positions, numbers, cell, pbc, charge, spin):
         x, inputs = backbone.prepare(positions, numbers, cell, pbc, charge, spin)
-        return (x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.src_angles,
-                inputs.dst_angles, inputs.sines)
+        tensors = (x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.src_angles,
+                   inputs.dst_angles, inputs.sines)
+        return pad_slots(tensors, pad_multiple) if pad_multiple else tensors
 
     return featurize, network
+
+
+def pad_slots(tensors, multiple: int):
+    """The slot layout widened to the next multiple of ``multiple`` (what a bucketed fixed
+    width would give): empty slots with bias -inf, zero states and angles, mapped onto
+    themselves by the layout permutations. Real slots never read them, so the energy is the
+    same; the shapes change only when the slot count crosses a bucket."""
+    x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines = tensors
+    n_atoms, n_slots = src_bias.shape
+    wide = -(-n_slots // multiple) * multiple
+    extra = wide - n_slots
+
+    def remap(flat):  # flat index i * P + s -> i * wide + s, padded slots onto themselves
+        table = torch.arange(n_atoms * wide).view(n_atoms, wide)
+        moved = (flat // n_slots) * wide + flat % n_slots
+        table[:, :n_slots] = moved.view(n_atoms, n_slots)
+        return table.reshape(-1)
+
+    pad = torch.nn.functional.pad
+    return (pad(x, (0, 0, 0, extra)), pad(src_bias, (0, extra), value=float("-inf")),
+            pad(dst_bias, (0, extra), value=float("-inf")), remap(to_dst), remap(to_src),
+            pad(src_angles, (0, extra, 0, extra)), pad(dst_angles, (0, extra, 0, extra)), sines)
 
 
 def energy_forces(featurize, network, inputs):
@@ -56,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waters", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pad-slots", type=int, default=0,
+                        help="widen the slot layout to a multiple of this (a bucketed fixed width)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
@@ -66,27 +95,32 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(str(args.model)).float().eval()
     if model.backbone.block_size or model.direct_forces:
         sys.exit("the probe covers dense node attention and conserving forces only")
-    featurize, network = split_call(model)
+    featurize, network = split_call(model, args.pad_slots)
+    plain_featurize, _ = split_call(model)
     print(f"{args.model.name}, float32, {args.threads} threads, network compiled (inductor, dynamic=False), "
           "featurize eager")
     print(f"{'waters':>6} {'atoms':>6} {'compile s':>10} {'max |dE| eV':>12} {'max |dF| eV/A':>14} "
-          f"{'eager ms':>9} {'compiled ms':>12}")
+          f"{'eager ms':>9} {'compiled ms':>12}" + (f" {'eager unpadded ms':>18}" if args.pad_slots else ""))
     for waters in args.waters:
         inputs = system(waters, torch.float32)
         compiled = torch.compile(network, dynamic=False)
         start = time.perf_counter()
         energy, forces = energy_forces(featurize, compiled, inputs)
         compile_s = time.perf_counter() - start
-        eager_energy, eager_forces = energy_forces(featurize, network, inputs)
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        eager_energy, eager_forces = energy_forces(plain_featurize, network, inputs)
+        times: dict[str, list[float]] = {"eager": [], "compiled": [], "unpadded": []}
+        runs = [("eager", featurize, network), ("compiled", featurize, compiled)]
+        if args.pad_slots:
+            runs.append(("unpadded", plain_featurize, network))
         for _ in range(args.repeats):
-            for name, net in (("eager", network), ("compiled", compiled)):
+            for name, features, net in runs:
                 start = time.perf_counter()
-                energy_forces(featurize, net, inputs)
+                energy_forces(features, net, inputs)
                 times[name].append(1e3 * (time.perf_counter() - start))
         print(f"{waters:>6} {3 * waters:>6} {compile_s:10.1f} {float((energy - eager_energy).abs()):12.2e} "
               f"{float((forces - eager_forces).abs().max()):14.2e} {statistics.median(times['eager']):9.1f} "
-              f"{statistics.median(times['compiled']):12.1f}", flush=True)
+              f"{statistics.median(times['compiled']):12.1f}"
+              + (f" {statistics.median(times['unpadded']):18.1f}" if args.pad_slots else ""), flush=True)
     return 0
 
 
