@@ -8,8 +8,6 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from allscaip.spherical import spherical_harmonics
-
 
 def unit_vectors(disp: torch.Tensor) -> torch.Tensor:
     """disp / |disp| over the last axis; the zero vector stays zero (zero gradient)."""
