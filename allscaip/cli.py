@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     spcfw.add_argument("--frames-per-run", type=int, default=10)
     spcfw.add_argument("--equilibration-ps", type=float, default=1.0)
     spcfw.add_argument("--interval-ps", type=float, default=0.1, help="time between frames")
+    spcfw.add_argument("--focus-fraction", type=float, default=0.0,
+                       help="share of liquid runs drawn at 280-320 K and 0.95-1.05 g/cm^3 "
+                            "(the rest span 250-450 K and 0.85-1.15 g/cm^3)")
+    spcfw.add_argument("--monomer-fraction", type=float, default=None,
+                       help="share of gas-phase runs that are single monomers "
+                            "(default: monomers, dimers and clusters in turn)")
     spcfw.add_argument("--check-lammps", type=int, default=0, metavar="N",
                        help="also compare the labels of N liquid frames with LAMMPS (Ewald)")
     spcfw.set_defaults(handler=_run_datagen)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from allscaip.data import Frame
+from allscaip.batch import evaluate_batch
+from allscaip.data import Frame, batches
 from allscaip.model import AllScAIP
 
 
@@ -58,22 +59,29 @@ def frame_on(frame: FrameTensors, device: torch.device | str) -> FrameTensors:
                         move(frame.charge), move(frame.spin), frame.energy, move(frame.forces), move(frame.stress))
 
 
-def predict(model: AllScAIP, frame: FrameTensors, with_stress: bool):
-    """Energy (eV, float64 tensor), forces (eV/A) and stress (eV/A^3 or None)."""
-    with_stress = with_stress and frame.stress is not None and not model.direct_forces
-    energy, forces, virial = model(frame.positions, frame.numbers, frame.cell, frame.pbc,
-                                   frame.charge, frame.spin, True, with_stress)
-    stress = -virial / torch.abs(torch.det(frame.cell)) if with_stress else None
-    return energy, forces, stress
+def predict_batch(model: AllScAIP, frames: list[FrameTensors], with_stress: bool, check_inputs: bool = True):
+    """Energy (eV, float64 tensor), forces (eV/A) and stress (eV/A^3, or None without a stress
+    label) of every frame, from one batched model call (``allscaip.batch``)."""
+    stressed = [with_stress and frame.stress is not None and not model.direct_forces for frame in frames]
+    result = evaluate_batch(model, frames, True, any(stressed), check_inputs)
+    predictions = []
+    for index, frame in enumerate(frames):
+        forces = result.forces[result.offsets[index]:result.offsets[index + 1]]
+        stress = -result.virials[index] / torch.abs(torch.det(frame.cell)) if stressed[index] else None
+        predictions.append((result.energies[index], forces, stress))
+    return predictions
 
 
-def error_metrics(model: AllScAIP, frames: list[FrameTensors]) -> dict:
-    """Errors of ``model`` on ``frames`` (no gradients kept)."""
+def error_metrics(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 1000) -> dict:
+    """Errors of ``model`` on ``frames`` (no gradients kept), evaluated in batches of at most
+    ``max_atoms`` atoms (a larger frame goes alone)."""
     energy_errors, force_errors, force_labels, stress_errors, stress_labels = [], [], [], [], []
     device = next(model.parameters()).device
-    for frame in frames:
-        frame = frame_on(frame, device)
-        energy, forces, stress = predict(model, frame, with_stress=True)
+    evaluated = []
+    for group in batches(frames, max_atoms, shuffle=False):
+        group = [frame_on(frame, device) for frame in group]
+        evaluated += zip(group, predict_batch(model, group, with_stress=True))
+    for frame, (energy, forces, stress) in evaluated:
         energy_errors.append((float(energy.detach()) - frame.energy) / frame.n_atoms)
         if frame.forces is not None:
             force_errors.append((forces.detach() - frame.forces).flatten().double().cpu().numpy())

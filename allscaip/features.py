@@ -118,10 +118,10 @@ def node_attention_bias(sines: torch.Tensor, radial_weight: torch.Tensor, eps: f
 
 
 def node_attention_log_weight(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """log w for a block of query rows: (B, N, K) -> (heads, B, N).
+    """log w for a block of query rows: (..., B, N, K) -> (..., heads, B, N).
 
     It differs from ``node_attention_bias`` by the per-head constant log(N^2 / sum w), which
     the softmax over keys removes, so it needs no pass over all pairs first.
     """
-    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sines, radial_weight)) + eps
+    weight = torch.nn.functional.softplus(torch.einsum("...ijk,hk->...hij", sines, radial_weight)) + eps
     return torch.log(weight)

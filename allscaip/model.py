@@ -35,6 +35,14 @@ def two_layer_mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(linear_gelu(n_in, n_hidden), nn.Sequential(nn.Linear(n_hidden, n_out)))
 
 
+def apply_strain(positions: torch.Tensor, cell: torch.Tensor, strain: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Positions and cell deformed by the symmetric part of ``strain`` (3, 3); the virial is
+    minus the energy's gradient with respect to ``strain`` at zero."""
+    symmetric = 0.5 * (strain + strain.T)
+    return positions + positions @ symmetric, cell + cell @ symmetric
+
+
 class LookupEmbedding(nn.Module):
     """Embedding table for an integer system property (total charge or spin)."""
 
@@ -499,9 +507,7 @@ class AllScAIP(nn.Module):
             if compute_virial:
                 strain.requires_grad_(True)
                 inputs.append(strain)
-        symmetric = 0.5 * (strain + strain.T)
-        strained_positions = wrapped + wrapped @ symmetric
-        strained_cell = cell + cell @ symmetric
+        strained_positions, strained_cell = apply_strain(wrapped, cell, strain)
 
         grads: List[Optional[torch.Tensor]] = []
         nodes = torch.empty(0, dtype=positions.dtype, device=positions.device)

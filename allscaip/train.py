@@ -33,7 +33,8 @@ import torch.distributed as dist
 
 from allscaip.config import ModelConfig
 from allscaip.data import Frame, batches, read_frames, split_indices
-from allscaip.evaluate import FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table, predict
+from allscaip.evaluate import (FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table,
+                               predict_batch)
 from allscaip.io import load_model, save_model
 from allscaip.model import AllScAIP
 from allscaip.train_config import TrainConfig
@@ -123,6 +124,8 @@ class Trainer:
         residuals = [(f.energy - float(model.element_references[f.numbers].sum())) / f.n_atoms
                      for f in self.train_frames]
         self.energy_variance = max(float(np.var(residuals)), 1e-12)
+        for frame in self.train_frames + self.validation_frames + self.test_frames:  # once, not per step
+            model.check_inputs(frame.positions, frame.numbers, frame.cell, frame.pbc)
         return model.to(self.device).train()
 
     # ----------------------------------------------------------------- optimisation
@@ -142,12 +145,16 @@ class Trainer:
         n_force = sum(3 * f.n_atoms for f in batch if f.forces is not None)
         n_stress = sum(9 for f in batch if f.stress is not None and not self.model.direct_forces)
         energy_sum = force_sum = stress_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        mine = []  # this rank's frames, all evaluated in one batched model call
         for index in range(self.rank, len(batch), self.world):
             frame = frame_on(batch[index], self.device)
-            if rotations[index] is not None:
-                frame = rotate(frame, rotations[index].to(self.device))
+            mine.append(frame if rotations[index] is None else rotate(frame, rotations[index].to(self.device)))
+        if mine:
             with self.attention_kernels():
-                energy, forces, stress = predict(self.model, frame, with_stress=weights.stress > 0)
+                predictions = predict_batch(self.model, mine, weights.stress > 0, check_inputs=False)
+        else:
+            predictions = []
+        for frame, (energy, forces, stress) in zip(mine, predictions):
             energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2
             if frame.forces is not None:
                 force_sum = force_sum + (forces - frame.forces).square().sum().double()

@@ -22,6 +22,27 @@ def test_plan_is_drawn_from_the_seed_alone_and_covers_the_ranges():
     assert {r.kind for r in runs} == {"liquid", "monomer", "dimer", "cluster"}
 
 
+def test_focused_plan_weights_the_protocol_state_point_and_keeps_the_spread():
+    base = DatagenSettings(seed=5, liquid_runs=400, gas_runs=300)
+    focused = DatagenSettings(seed=5, liquid_runs=400, gas_runs=300, focus_fraction=0.6, monomer_fraction=0.5)
+    assert [r for r in plan_runs(base)] == plan_runs(DatagenSettings(seed=5, liquid_runs=400, gas_runs=300,
+                                                                     focus_fraction=0.0))
+
+    def near_state_point(runs):
+        liquid = [r for r in runs if r.kind == "liquid"]
+        return np.mean([280 <= r.temperature <= 320 and 0.95 <= r.density <= 1.05 for r in liquid])
+
+    runs = plan_runs(focused)
+    # uniform over 250-450 K x 0.85-1.15: 0.2 * 1/3 = 6.7 % near 298 K; focused: 0.6 + 0.4 * 6.7 %
+    assert near_state_point(plan_runs(base)) < 0.12 and 0.55 < near_state_point(runs) < 0.75
+    liquid = [r for r in runs if r.kind == "liquid"]
+    assert min(r.temperature for r in liquid) < 260 and max(r.temperature for r in liquid) > 440
+    assert min(r.density for r in liquid) < 0.87 and max(r.density for r in liquid) > 1.13
+    gas = [r for r in runs if r.kind != "liquid"]
+    assert 0.4 < np.mean([r.kind == "monomer" for r in gas]) < 0.6
+    assert {r.kind for r in gas} == {"monomer", "dimer", "cluster"}
+
+
 def test_sampling_is_deterministic_and_labels_are_complete():
     run = Run(0, "liquid", 16, 350.0, 1.0, seed=11)
     first = sample_run(run, SHORT, SpcfwLabeller())

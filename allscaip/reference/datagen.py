@@ -54,6 +54,29 @@ class DatagenSettings:
     timestep_fs: float = 1.0
     temperature_range: tuple[float, float] = (250.0, 450.0)
     density_range: tuple[float, float] = (0.85, 1.15)
+    # A fraction of the liquid runs drawn from a narrower state window (the protocols' state
+    # point); the rest keep the full spread above.
+    focus_fraction: float = 0.0
+    focus_temperature_range: tuple[float, float] = (280.0, 320.0)
+    focus_density_range: tuple[float, float] = (0.95, 1.05)
+    # Share of gas-phase runs that are single monomers (None: monomer, dimer, cluster in turn).
+    monomer_fraction: float | None = None
+
+
+def _liquid_state(rng: np.random.Generator, settings: DatagenSettings) -> tuple[float, float]:
+    """Temperature (K) and density (g/cm^3) of one liquid run."""
+    focused = settings.focus_fraction > 0 and rng.uniform() < settings.focus_fraction
+    temperatures = settings.focus_temperature_range if focused else settings.temperature_range
+    densities = settings.focus_density_range if focused else settings.density_range
+    return float(rng.uniform(*temperatures)), float(rng.uniform(*densities))
+
+
+def _gas_kind(index: int, rng: np.random.Generator, settings: DatagenSettings) -> str:
+    if settings.monomer_fraction is None:
+        return ("monomer", "dimer", "cluster")[index % 3]
+    if rng.uniform() < settings.monomer_fraction:
+        return "monomer"
+    return ("dimer", "cluster")[index % 2]
 
 
 def plan_runs(settings: DatagenSettings) -> list[Run]:
@@ -61,12 +84,11 @@ def plan_runs(settings: DatagenSettings) -> list[Run]:
     rng = np.random.default_rng(settings.seed)
     runs = []
     for index in range(settings.liquid_runs):
-        runs.append(Run(index, "liquid", int(rng.choice(LIQUID_SIZES)),
-                        float(rng.uniform(*settings.temperature_range)),
-                        float(rng.uniform(*settings.density_range)), int(rng.integers(2**31))))
-    gas_kinds = ("monomer", "dimer", "cluster")
+        n_molecules = int(rng.choice(LIQUID_SIZES))
+        temperature, density = _liquid_state(rng, settings)
+        runs.append(Run(index, "liquid", n_molecules, temperature, density, int(rng.integers(2**31))))
     for index in range(settings.gas_runs):
-        kind = gas_kinds[index % 3]
+        kind = _gas_kind(index, rng, settings)
         n_molecules = {"monomer": 1, "dimer": 2}.get(kind) or int(rng.integers(3, 9))
         runs.append(Run(index, kind, n_molecules, float(rng.uniform(*settings.temperature_range)),
                         0.0, int(rng.integers(2**31))))
