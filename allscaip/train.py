@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -166,10 +165,12 @@ class Trainer:
         loss = weights.energy * terms["energy"] + weights.forces * terms["forces"] + weights.stress * terms["stress"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 
-    def attention_kernels(self):
-        """On CUDA, the math attention kernel: the fused ones have no double backward (force
-        training needs it). The CPU keeps its default choice."""
-        return sdpa_kernel([SDPBackend.MATH]) if self.device.type == "cuda" else contextlib.nullcontext()
+    @staticmethod
+    def attention_kernels():
+        """The math attention kernel on every device: the fused ones (CUDA's, and the CPU's
+        flash kernel taken when there is no bias, e.g. ``use_sincx_mask: false``) have no
+        double backward, which force training needs."""
+        return sdpa_kernel([SDPBackend.MATH])
 
     def train_epoch(self) -> dict:
         from tqdm import tqdm

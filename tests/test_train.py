@@ -67,6 +67,14 @@ def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_
     assert model.element_references[[1, 8]].abs().min() > 0
 
 
+@pytest.mark.parametrize("change", [{"use_sincx_mask": False}, {"use_node_path": False, "use_freq_mask": False}])
+def test_force_training_works_without_attention_biases(water_data, tmp_path, change):
+    """Without a bias the CPU picks its flash attention kernel, which has no double backward."""
+    config = tiny_config(water_data, model={**TINY_MODEL, **change}, optim={"epochs": 1, "max_atoms_per_batch": 60})
+    trainer = Trainer(config, tmp_path, progress=False)
+    assert trainer.train_epoch()["forces"] > 0
+
+
 def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path):
     config = tiny_config(water_data)
     train(config, tmp_path / "straight", progress=False)
