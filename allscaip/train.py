@@ -9,10 +9,14 @@
   not exactly rotation invariant).
 - Validation each epoch; ``checkpoint.pt`` after each epoch; ``--resume`` continues from it and
   reproduces an uninterrupted run exactly (batch order and rotations derive from seed and epoch).
+  ``--resume`` with a config that differs only in ``optim.epochs`` extends (or shortens) the run:
+  the cosine restarts from the current learning rate and ends at the minimum on the new last step.
+- Every optimiser step evaluates its frames in one batched model call (``allscaip.batch``).
 - Data parallel under ``torchrun``: every rank takes a slice of each global batch, gradients
   are summed with all-reduce (gloo on CPU, nccl on GPU), so the run equals one process with
   the same global batch.
 - Output folder: ``model.pt`` (best EMA weights), ``checkpoint.pt``, ``history.csv``,
+  ``learning_curve.png`` (validation errors vs optimiser steps, redrawn every epoch),
   ``results.json`` and ``results.md`` (error table on train / validation / test).
 """
 
@@ -35,6 +39,7 @@ from allscaip.data import Frame, batches, read_frames, split_indices
 from allscaip.evaluate import (FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table,
                                predict_batch)
 from allscaip.io import load_model, save_model
+from allscaip.learning_curve import plot_learning_curve
 from allscaip.model import AllScAIP
 from allscaip.train_config import TrainConfig
 
@@ -85,6 +90,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            weight_decay=config.optim.weight_decay)
         self.epoch, self.step, self.best = 0, 0, math.inf
+        self.extended_at: tuple[int, float] | None = None  # (step, lr) where a longer schedule took over
         self.history: list[dict] = []
         self.steps_per_epoch = len(list(batches(self.train_frames, config.optim.max_atoms_per_batch, True, 0)))
         self.total_steps = max(1, self.steps_per_epoch * config.optim.epochs)
@@ -129,11 +135,18 @@ class Trainer:
 
     # ----------------------------------------------------------------- optimisation
     def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step. After an
+        extension (``resume`` with more epochs) the cosine restarts from the rate reached then,
+        so the rate stays continuous and still ends at the minimum."""
         optim = self.config.optim
         if step < optim.warmup_steps:
             return optim.lr * (step + 1) / optim.warmup_steps
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, self.total_steps - optim.warmup_steps))
-        return optim.lr * (optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        start, peak = optim.warmup_steps, optim.lr
+        if self.extended_at is not None and step >= self.extended_at[0]:
+            start, peak = self.extended_at
+        floor = optim.lr * optim.min_lr_ratio
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def batch_loss(self, batch: list[FrameTensors], generator: np.random.Generator) -> tuple[torch.Tensor, dict]:
         """This rank's share of the global batch loss (sums divided by global counts)."""
@@ -235,6 +248,7 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "best": self.best,
                 "model": self.model.state_dict(), "ema": self.ema,
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "extended_at": list(self.extended_at) if self.extended_at else None,
                 "config": self.config.to_dict()}
 
     def save_checkpoint(self) -> None:
@@ -247,13 +261,25 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         state = torch.load(path, weights_only=True, map_location=self.device)
-        if state["config"] != self.config.to_dict():
-            raise ValueError(f"--resume: {path} was written with a different training config")
+        saved, wanted = state["config"], self.config.to_dict()
+        saved_epochs, wanted_epochs = saved["optim"]["epochs"], wanted["optim"]["epochs"]
+        if {**saved, "optim": {**saved["optim"], "epochs": wanted_epochs}} != wanted:
+            raise ValueError(f"--resume: {path} was written with a different training config "
+                             "(only optim.epochs may change, to extend the run)")
+        if wanted_epochs < state["epoch"]:
+            raise ValueError(f"--resume: the run has done {state['epoch']} epochs already; "
+                             f"optim.epochs = {wanted_epochs} would end it in the past")
         self.model.load_state_dict(state["model"])
         self.ema = state["ema"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.history = state["history"]
+        self.extended_at = tuple(state["extended_at"]) if state.get("extended_at") else None
+        if wanted_epochs != saved_epochs:  # a longer (or shorter) schedule from here on
+            self.total_steps = max(1, self.steps_per_epoch * saved_epochs)
+            rate = self.learning_rate(self.step)
+            self.total_steps = max(1, self.steps_per_epoch * wanted_epochs)
+            self.extended_at = (self.step, rate)
 
     def save_model(self, path: Path, metrics: dict) -> None:
         model = self.ema_model()
@@ -293,6 +319,7 @@ class Trainer:
                     self.save_model(self.output / "model.pt", metrics)
                 self.save_checkpoint()
                 self._write_history()
+                plot_learning_curve(self.history, self.output / "learning_curve.png")
                 if self.progress:
                     remaining = (self.config.optim.epochs - self.epoch) * record["seconds"]
                     print(f"epoch {self.epoch}: train loss {totals['loss']:.4g}, validation loss {validation:.4g}, "

@@ -106,6 +106,49 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path):
            [{k: v for k, v in row.items() if k != "seconds"} for row in histories[1]]
 
 
+def test_resume_with_more_epochs_extends_the_schedule_continuously(water_data, tmp_path):
+    def config(epochs, max_atoms=60):
+        return tiny_config(water_data, optim={"epochs": epochs, "max_atoms_per_batch": max_atoms,
+                                              "warmup_steps": 2, "lr": 3e-3})
+
+    class Interrupted(Exception):
+        pass
+
+    planned = Trainer(config(4), tmp_path, progress=False)
+    original, calls = planned.train_epoch, []
+
+    def stop_in_third_epoch():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted
+        return original()
+
+    planned.train_epoch = stop_in_third_epoch
+    with pytest.raises(Interrupted):
+        planned.run()
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+
+    extended = Trainer(config(8), tmp_path, progress=False)
+    extended.resume()
+    now, floor = extended.step, 3e-3 * extended.config.optim.min_lr_ratio
+    assert now == planned.step and extended.total_steps == 2 * planned.total_steps
+    assert extended.learning_rate(now) == pytest.approx(planned.learning_rate(now), rel=1e-12)  # continuous
+    assert extended.learning_rate(now + 3) > planned.learning_rate(now + 3)  # then a slower decay
+    assert extended.learning_rate(extended.total_steps) == pytest.approx(floor, rel=1e-12)
+    rates = [extended.learning_rate(step) for step in range(now, extended.total_steps + 1)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    extended.run()
+    assert [int(r["epoch"]) for r in history(tmp_path)] == list(range(1, 9))
+
+    again = Trainer(config(8), tmp_path, progress=False)  # the extension itself survives a resume
+    again.resume()
+    assert again.learning_rate(now + 3) == pytest.approx(extended.learning_rate(now + 3), rel=1e-12)
+    with pytest.raises(ValueError, match="only optim.epochs may change"):
+        Trainer(config(9, max_atoms=30), tmp_path, progress=False).resume()
+    with pytest.raises(ValueError, match="end it in the past"):
+        Trainer(config(5), tmp_path, progress=False).resume()
+
+
 def test_two_process_torchrun_matches_one_process(water_data, tmp_path):
     values = {"data": {"train": str(water_data), "validation_fraction": 0.25, "test_fraction": 0.0},
               "model": TINY_MODEL, "optim": {"epochs": 2, "max_atoms_per_batch": 100, "warmup_steps": 2},
