@@ -256,14 +256,20 @@ class NodeAttention(AttentionProjections):
         """Radial weights over the frequencies (``sine_kernels`` / omega are the sinc kernels)."""
         return self.radial_weight.to(dtype) / omega.to(dtype)
 
-    def attention(self, x: torch.Tensor, sines: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
-        """Dense attention update (N, H) without the residual; sines: (N, N, K) from
-        ``sine_kernels`` or empty."""
+    def attention(self, x: torch.Tensor, sines: torch.Tensor, sine_index: torch.Tensor,
+                  omega: torch.Tensor) -> torch.Tensor:
+        """Dense attention update (N, H) without the residual; sines: (N (N-1)/2, K) pair kernels
+        and sine_index (N * N,) (see ``node_attention_bias``), or empty."""
         q, k, v = self.project(self.node_norm(x).unsqueeze(0))
         bias: Optional[torch.Tensor] = None
         if self.use_sincx_mask:
-            bias = node_attention_bias(sines, self.sine_weight(omega, sines.dtype)).unsqueeze(0).to(q.dtype)
+            bias = self.pair_bias(sines, sine_index, omega, x.shape[0]).unsqueeze(0).to(q.dtype)
         return self.attend(q, k, v, bias).squeeze(0)
+
+    def pair_bias(self, sines: torch.Tensor, sine_index: torch.Tensor, omega: torch.Tensor,
+                  n_atoms: int) -> torch.Tensor:
+        """Sinc bias (..., heads, N, N) of systems of N atoms from their pair kernels (..., M, K)."""
+        return node_attention_bias(sines, omega, self.sine_weight(omega, sines.dtype), sine_index, n_atoms)
 
     def block_bias(self, pairs: PairImages, omega: torch.Tensor, start: int, stop: int,
                    dtype: torch.dtype) -> Optional[torch.Tensor]:

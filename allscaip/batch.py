@@ -16,8 +16,8 @@ import torch
 from torch.nn import functional as F
 
 from allscaip.attention import NodeAttention
-from allscaip.features import node_attention_log_weight, sine_kernels
-from allscaip.graph import PairImages, minimum_image_distances, wrap_positions
+from allscaip.features import sine_kernels
+from allscaip.graph import PairImages, pair_distances, pair_matrix_index, wrap_positions
 from allscaip.model import AllScAIP, BlockInputs, apply_strain
 
 
@@ -44,10 +44,12 @@ class BatchResult(NamedTuple):
 
 class NodeGroup(NamedTuple):
     """Systems with the same atom count: their batch rows (S_g, N_g) and, with the sinc
-    mask, their sine kernels (S_g, N_g, N_g, K) (else empty)."""
+    mask, their pair kernels (S_g, N_g (N_g - 1) / 2, K) and ``pair_matrix_index(N_g)`` (else
+    empty)."""
 
     atoms: torch.Tensor
     sines: torch.Tensor
+    sine_index: torch.Tensor
 
 
 def evaluate_batch(model: AllScAIP, systems: Sequence[System], compute_forces: bool = True,
@@ -116,39 +118,44 @@ def evaluate_batch(model: AllScAIP, systems: Sequence[System], compute_forces: b
 
 
 def _dense_sines(model: AllScAIP, pairs: PairImages, sines: torch.Tensor) -> torch.Tensor:
-    """The system's (N, N, K) sine kernels for dense node attention (``prepare`` computes them
-    only when the model is configured dense), or empty without the sinc mask."""
+    """The system's pair kernels for dense node attention (``prepare`` computes them only when
+    the model is configured dense), or empty without the sinc mask."""
     backbone = model.backbone
     if not (backbone.use_node_path and backbone.use_sincx_mask) or sines.numel() > 0:
         return sines
-    return sine_kernels(minimum_image_distances(pairs, 0, pairs.positions.shape[0]), backbone.sinc_omega)
+    return sine_kernels(pair_distances(pairs), backbone.sinc_omega)
 
 
 def merge_slot_layouts(prepared: Sequence[tuple]) -> tuple[torch.Tensor, BlockInputs]:
     """Stack per-system slot states (N_s, P_s, H) and neighbourhood inputs into one batch
-    with P = max P_s: padded slots are empty (zero state, bias -inf, no angle weight) and
-    the layout maps point into each system's own rows."""
+    with P = max P_s (see ``widen_slots``)."""
     width = max(int(x.shape[1]) for x, _ in prepared)
-    states, src_bias, dst_bias, src_angles, dst_angles, to_dst, to_src = [], [], [], [], [], [], []
-    start = 0
+    parts, start = [], 0
     for x, inputs in prepared:
-        n_atoms, n_slots = int(x.shape[0]), int(x.shape[1])
-        pad = width - n_slots
-        states.append(F.pad(x, (0, 0, 0, pad)))
-        src_bias.append(F.pad(inputs.src_bias, (0, pad), value=float("-inf")))
-        dst_bias.append(F.pad(inputs.dst_bias, (0, pad), value=float("-inf")))
-        if inputs.src_angles.numel() > 0:
-            src_angles.append(F.pad(inputs.src_angles, (0, pad, 0, pad)))
-            dst_angles.append(F.pad(inputs.dst_angles, (0, pad, 0, pad)))
-        to_dst.append(_remap_slots(inputs.to_dst, n_atoms, n_slots, width, start))
-        to_src.append(_remap_slots(inputs.to_src, n_atoms, n_slots, width, start))
-        start += n_atoms
+        parts.append(widen_slots(x, inputs, width, start))
+        start += int(x.shape[0])
+    x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles = [torch.cat(part) for part in zip(*parts)]
     first = prepared[0][1]
     empty = first.src_angles.new_empty(0)
-    merged = BlockInputs(torch.cat(src_bias), torch.cat(dst_bias), torch.cat(to_dst), torch.cat(to_src),
-                         torch.cat(src_angles) if src_angles else empty,
-                         torch.cat(dst_angles) if dst_angles else empty, empty, first.pairs)
-    return torch.cat(states), merged
+    merged = BlockInputs(src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, empty,
+                         first.sine_index.new_empty(0), first.pairs)
+    return x, merged
+
+
+def widen_slots(x: torch.Tensor, inputs: BlockInputs, width: int, start: int = 0) -> tuple:
+    """One system's slot layout widened to ``width`` slots, its atoms numbered from ``start``:
+    (x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles). Added slots are empty
+    (zero state, bias -inf, no angle weight) and map onto themselves, so real slots never
+    read them and the energy is unchanged."""
+    n_atoms, n_slots = int(x.shape[0]), int(x.shape[1])
+    pad = width - n_slots
+    angles = [inputs.src_angles, inputs.dst_angles]
+    if inputs.src_angles.numel() > 0:
+        angles = [F.pad(a, (0, pad, 0, pad)) for a in angles]
+    return (F.pad(x, (0, 0, 0, pad)), F.pad(inputs.src_bias, (0, pad), value=float("-inf")),
+            F.pad(inputs.dst_bias, (0, pad), value=float("-inf")),
+            _remap_slots(inputs.to_dst, n_atoms, n_slots, width, start),
+            _remap_slots(inputs.to_src, n_atoms, n_slots, width, start), angles[0], angles[1])
 
 
 def _remap_slots(index: torch.Tensor, n_atoms: int, n_slots: int, width: int, start: int) -> torch.Tensor:
@@ -170,8 +177,10 @@ def node_groups(sizes: List[int], offsets: List[int], sines: List[torch.Tensor],
     rows: List[torch.Tensor] = []
     for size, members in by_size.items():
         atoms = torch.stack([torch.arange(offsets[m], offsets[m] + size, device=device) for m in members])
-        kernels = torch.stack([sines[m] for m in members]) if sines[members[0]].numel() > 0 else sines[members[0]]
-        groups.append(NodeGroup(atoms, kernels))
+        if sines[members[0]].numel() > 0:
+            groups.append(NodeGroup(atoms, torch.stack([sines[m] for m in members]), pair_matrix_index(size, device)))
+        else:
+            groups.append(NodeGroup(atoms, sines[members[0]], sines[members[0]].new_empty(0, dtype=torch.long)))
         rows.append(atoms.reshape(-1))
     return groups, torch.argsort(torch.cat(rows))
 
@@ -179,8 +188,7 @@ def node_groups(sizes: List[int], offsets: List[int], sines: List[torch.Tensor],
 def grouped_node_attention(attention: Optional[NodeAttention], nodes: torch.Tensor, groups: List[NodeGroup],
                            order: torch.Tensor, omega: torch.Tensor) -> Optional[torch.Tensor]:
     """Node attention update (N_total, H) of every system over its own atoms; None without
-    the node path. The sinc bias is log w (``node_attention_log_weight``): the dense path's
-    per-system normalisation is a constant that the softmax removes."""
+    the node path."""
     if attention is None:
         return None
     normed = attention.node_norm(nodes)
@@ -190,7 +198,6 @@ def grouped_node_attention(attention: Optional[NodeAttention], nodes: torch.Tens
         q, k, v = attention.project(normed[group.atoms])
         bias: Optional[torch.Tensor] = None
         if attention.use_sincx_mask:
-            weight = attention.sine_weight(omega, group.sines.dtype)
-            bias = node_attention_log_weight(group.sines, weight).to(q.dtype)
+            bias = attention.pair_bias(group.sines, group.sine_index, omega, group.atoms.shape[1]).to(q.dtype)
         updates.append(attention.attend(q, k, v, bias).reshape(-1, hidden))
     return torch.index_select(torch.cat(updates), 0, order)

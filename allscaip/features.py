@@ -105,23 +105,32 @@ def sine_kernels(distance: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     return torch.sin(safe.unsqueeze(-1) * omega.to(distance.dtype)) * safe.reciprocal().unsqueeze(-1)
 
 
-def node_attention_bias(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-head additive bias log(N^2 w_ij / sum_ij w_ij), w = softplus(sines . radial_weight) + eps.
+def node_attention_bias(sines: torch.Tensor, omega: torch.Tensor, radial_weight: torch.Tensor,
+                        index: torch.Tensor, n_atoms: int, eps: float = 1e-6) -> torch.Tensor:
+    """Per-head additive bias log(N^2 w_ij / sum_ij w_ij), w = softplus(sines . radial_weight) + eps,
+    from the kernels of the pairs i < j only (the bias is symmetric).
 
-    sines: (N, N, K) from ``sine_kernels``; radial_weight: (heads, K), already divided by the
-    frequencies (so that sines . radial_weight is fairchem's sinc . weight) -> (heads, N, N).
+    sines: (..., N (N - 1) / 2, K) ``sine_kernels`` of ``graph.pair_distances``; the diagonal
+    (an atom and itself, d = 0) has kernels sin(w d)/d -> omega (K,). radial_weight: (heads, K),
+    already divided by the frequencies (so that sines . radial_weight is fairchem's
+    sinc . weight); index: ``graph.pair_matrix_index(N)``. Returns (..., heads, N, N).
     """
-    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sines, radial_weight)) + eps
-    n_pairs = float(sines.shape[0] * sines.shape[1])
-    total = weight.sum(dim=(1, 2), keepdim=True).clamp_min(eps)
-    return torch.log(weight * (n_pairs / total))
+    softplus = torch.nn.functional.softplus
+    weight = softplus(torch.matmul(sines, radial_weight.T)) + eps  # (..., M, heads)
+    own = softplus(torch.matmul(omega.to(sines.dtype), radial_weight.T)) + eps  # (heads,)
+    total = 2.0 * weight.sum(dim=-2) + n_atoms * own  # (..., heads)
+    scale = (float(n_atoms * n_atoms) / total.clamp_min(eps)).unsqueeze(-2)
+    values = torch.cat([torch.log(weight * scale), torch.log(own * scale).expand(
+        list(weight.shape[:-2]) + [n_atoms, weight.shape[-1]])], dim=-2)  # (..., M + N, heads)
+    matrix = torch.index_select(values, values.dim() - 2, index)  # (..., N * N, heads)
+    return matrix.reshape(list(values.shape[:-2]) + [n_atoms, n_atoms, values.shape[-1]]).movedim(-1, -3)
 
 
 def node_attention_log_weight(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """log w for a block of query rows: (..., B, N, K) -> (..., heads, B, N).
+    """log w for a block of query rows: (B, N, K) -> (heads, B, N).
 
     It differs from ``node_attention_bias`` by the per-head constant log(N^2 / sum w), which
     the softmax over keys removes, so it needs no pass over all pairs first.
     """
-    weight = torch.nn.functional.softplus(torch.einsum("...ijk,hk->...hij", sines, radial_weight)) + eps
+    weight = torch.nn.functional.softplus(torch.einsum("ijk,hk->hij", sines, radial_weight)) + eps
     return torch.log(weight)

@@ -365,3 +365,39 @@ def minimum_image_distances(pairs: PairImages, start: int, stop: int,
     images = torch.index_select(pairs.offsets, 0, index.reshape(-1)).reshape(index.shape[0], n_atoms, 3)
     disp = pairs.positions[None, :, :] + images - pairs.positions[start:stop, None, :]
     return safe_norm(disp)
+
+
+def pair_distances(pairs: PairImages, block_elements: int = 1 << 22) -> torch.Tensor:
+    """Differentiable minimum-image distances of every pair i < j, in ``torch.triu_indices``
+    order: (N (N - 1) / 2,). Half of ``minimum_image_distances`` over all rows (distances are
+    symmetric); the image search runs in blocks of about ``block_elements`` entries."""
+    n_atoms = pairs.positions.shape[0]
+    index = torch.triu_indices(n_atoms, n_atoms, 1, device=pairs.positions.device)
+    first, second = index[0], index[1]
+    with torch.no_grad():
+        positions = pairs.positions.detach()
+        separation = torch.index_select(positions, 0, second) - torch.index_select(positions, 0, first)
+        if pairs.inverse.shape[0] > 0:
+            shift = -torch.round(separation @ pairs.inverse) * pairs.periodic
+            image = pairs.offsets.shape[0] // 2 + (shift.to(torch.long) * pairs.strides).sum(dim=-1)
+        else:
+            offsets = pairs.offsets.detach()
+            rows = max(1, block_elements // max(1, 3 * offsets.shape[0]))
+            image = torch.cat([torch.argmin(torch.linalg.norm(separation[start:start + rows, None, :]
+                                                              + offsets[None, :, :], dim=-1), dim=1)
+                               for start in range(0, separation.shape[0], rows)]
+                              + [torch.zeros(0, dtype=torch.long, device=separation.device)])
+    disp = (torch.index_select(pairs.positions, 0, second) + torch.index_select(pairs.offsets, 0, image)
+            - torch.index_select(pairs.positions, 0, first))
+    return safe_norm(disp)
+
+
+def pair_matrix_index(n_atoms: int, device: torch.device) -> torch.Tensor:
+    """(N * N,) position of entry (i, j) in [pairs i < j in ``triu_indices`` order, then the
+    N diagonal entries]: entry (i, j) and (j, i) read the same pair."""
+    rows = torch.arange(n_atoms, device=device)
+    low = torch.minimum(rows[:, None], rows[None, :])
+    high = torch.maximum(rows[:, None], rows[None, :])
+    pair = low * (2 * n_atoms - low - 1) // 2 + (high - low - 1)
+    n_pairs = n_atoms * (n_atoms - 1) // 2
+    return torch.where(low == high, n_pairs + low, pair).reshape(-1)

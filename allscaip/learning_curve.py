@@ -11,7 +11,7 @@ def plot_learning_curve(history: list[dict], path: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt, ticker
 
     steps = [int(record["step"]) for record in history]
     figure, force_axis = plt.subplots(figsize=(6.0, 4.0))
@@ -26,6 +26,9 @@ def plot_learning_curve(history: list[dict], path: str | Path) -> Path:
     energy_axis.plot(steps, energies, "s--", color="tab:red", label="energy MAE")
     energy_axis.set_ylabel("validation energy MAE (meV/atom)", color="tab:red")
     energy_axis.set_yscale("log")
+    for axis in (force_axis, energy_axis):
+        axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))
+        axis.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
     force_axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
     path = Path(path)

@@ -16,7 +16,7 @@ from allscaip.features import (bond_orientational_order, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sine_kernels,
                                unit_vectors)
 from allscaip.graph import (CellPlan, NeighborGraph, PairImages, build_neighbor_graph, cell_plan, envelope_bias,
-                            minimum_image_distances, pair_images, safe_norm, scatter_to_slots,
+                            pair_distances, pair_images, pair_matrix_index, safe_norm, scatter_to_slots,
                             wrap_positions)
 from allscaip.spherical import PolynomialHarmonics
 
@@ -132,7 +132,8 @@ class BlockInputs(NamedTuple):
     to_src: torch.Tensor
     src_angles: torch.Tensor  # Legendre weights of slot-pair angles (frequency mask), else empty
     dst_angles: torch.Tensor
-    sines: torch.Tensor  # (N, N, K) sine_kernels for dense node attention with the sinc mask, else empty
+    sines: torch.Tensor  # (N (N-1)/2, K) sine_kernels of the pairs i < j (dense node attention), else empty
+    sine_index: torch.Tensor  # pair_matrix_index(N) that spreads pair values over (N, N), else empty
     pairs: PairImages  # for blocked node attention
 
 
@@ -172,7 +173,7 @@ class GraphAttentionBlock(nn.Module):
             return None
         if block_size > 0:
             return node_attention.blocked_attention(y[:, 0], inputs.pairs, omega, block_size)
-        return node_attention.attention(y[:, 0], inputs.sines, omega)
+        return node_attention.attention(y[:, 0], inputs.sines, inputs.sine_index, omega)
 
     def combine(self, y: torch.Tensor, update: Optional[torch.Tensor]) -> torch.Tensor:
         """Residual node update, then the node and edge FFNs: (N, P, H)."""
@@ -286,14 +287,16 @@ class Backbone(nn.Module):
             src_angles = legendre_weights(slot_directions, self.frequency_blocks)
             dst_angles = legendre_weights(gather_slots(slot_directions, graph.to_dst), self.frequency_blocks)
         sines = empty
+        sine_index = torch.empty(0, dtype=torch.long, device=x.device)
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,
                            torch.zeros(3, dtype=torch.long, device=x.device))
         if self.use_node_path and self.use_sincx_mask:
             pairs = pair_images(positions, cell, pbc, plan)
             if self.block_size == 0:
-                sines = sine_kernels(minimum_image_distances(pairs, 0, n_atoms), self.sinc_omega)
+                sines = sine_kernels(pair_distances(pairs), self.sinc_omega)
+                sine_index = pair_matrix_index(n_atoms, x.device)
         return x, BlockInputs(src_bias, dst_bias, graph.to_dst, graph.to_src, src_angles, dst_angles,
-                              sines, pairs)
+                              sines, sine_index, pairs)
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,

@@ -29,46 +29,26 @@ DEFAULT_MODEL = HERE.parent / "models" / "allscaip-spcfw-water" / "model.pt"
 
 def split_call(model, pad_multiple: int = 0):
     """(featurize, network): eager featurize, and the blocks + energy head as one function of
-    the featurized tensors (what would be compiled)."""
+    the featurized tensors (what would be compiled). ``pad_multiple``: widen the slot layout
+    to the next multiple (what a bucketed fixed width would give; same energy)."""
+    from allscaip.batch import widen_slots
     from allscaip.model import BlockInputs
 
     backbone = model.backbone
 
-    def network(x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines):
-        inputs = BlockInputs(src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines, None)
+    def network(x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines, sine_index):
+        inputs = BlockInputs(src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines, sine_index, None)
         for block in backbone.transformer_blocks:
             x = block(x, inputs, backbone.sinc_omega, 0)
         return model.energy_head(x[:, 0]).sum()
 
     def featurize(positions, numbers, cell, pbc, charge, spin):
         x, inputs = backbone.prepare(positions, numbers, cell, pbc, charge, spin)
-        tensors = (x, inputs.src_bias, inputs.dst_bias, inputs.to_dst, inputs.to_src, inputs.src_angles,
-                   inputs.dst_angles, inputs.sines)
-        return pad_slots(tensors, pad_multiple) if pad_multiple else tensors
+        n_slots = int(x.shape[1])
+        width = -(-n_slots // pad_multiple) * pad_multiple if pad_multiple else n_slots
+        return widen_slots(x, inputs, width) + (inputs.sines, inputs.sine_index)
 
     return featurize, network
-
-
-def pad_slots(tensors, multiple: int):
-    """The slot layout widened to the next multiple of ``multiple`` (what a bucketed fixed
-    width would give): empty slots with bias -inf, zero states and angles, mapped onto
-    themselves by the layout permutations. Real slots never read them, so the energy is the
-    same; the shapes change only when the slot count crosses a bucket."""
-    x, src_bias, dst_bias, to_dst, to_src, src_angles, dst_angles, sines = tensors
-    n_atoms, n_slots = src_bias.shape
-    wide = -(-n_slots // multiple) * multiple
-    extra = wide - n_slots
-
-    def remap(flat):  # flat index i * P + s -> i * wide + s, padded slots onto themselves
-        table = torch.arange(n_atoms * wide).view(n_atoms, wide)
-        moved = (flat // n_slots) * wide + flat % n_slots
-        table[:, :n_slots] = moved.view(n_atoms, n_slots)
-        return table.reshape(-1)
-
-    pad = torch.nn.functional.pad
-    return (pad(x, (0, 0, 0, extra)), pad(src_bias, (0, extra), value=float("-inf")),
-            pad(dst_bias, (0, extra), value=float("-inf")), remap(to_dst), remap(to_src),
-            pad(src_angles, (0, extra, 0, extra)), pad(dst_angles, (0, extra, 0, extra)), sines)
 
 
 def energy_forces(featurize, network, inputs):

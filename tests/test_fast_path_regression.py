@@ -1,7 +1,15 @@
 """The model's function is pinned while its implementation gets faster: every golden
 structure, with every golden checkpoint and the shipped default model, gives the float64
-energy, forces and virial recorded at the reference commit (tools/make_regression_outputs.py)
-to 1e-9 eV, eV/Å and eV, eagerly and through TorchScript."""
+energy, forces and virial recorded at the reference commit (tools/make_regression_outputs.py),
+eagerly and through TorchScript.
+
+The record was made on another CPU. The shipped model (harmonics to l = 3) reproduces it to
+1e-15 on other CPUs and is held to 1e-9. The golden checkpoints (harmonics to l = 9, built
+from monomials with large cancelling coefficients; energies of ~2000 eV) amplify the CPU's
+last-bit differences: on an AMD EPYC (AVX-512, torch 2.9.1) they differed from the record by
+up to 1.2e-6 eV, 9e-8 eV/A and 2e-7 eV with unchanged code, so they are held to 5e-5 eV and
+5e-6 eV/A (and eV): a change of the function moves them by far more.
+"""
 
 import json
 from pathlib import Path
@@ -14,7 +22,8 @@ from allscaip.export import script_model
 from conftest import CONFIGS, fresh_model, golden_structures, model_inputs
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "regression" / "outputs.json").read_text())
-TOLERANCE = 1e-9
+TOLERANCE = {"default_model": (1e-9, 1e-9)}  # (energy eV, forces eV/A and virial eV)
+GOLDEN_TOLERANCE = (5e-5, 5e-6)
 DEFAULT_MODEL = Path(__file__).parents[1] / "models" / "allscaip-spcfw-water" / "model.pt"
 
 
@@ -26,11 +35,14 @@ def model_named(name: str):
     return fresh_model(name)
 
 
-def check(name: str, expected: dict, energy, forces, virial) -> None:
-    assert abs(float(energy) - expected["energy"]) < TOLERANCE, name
-    np.testing.assert_allclose(forces.detach().numpy(), np.array(expected["forces"]), rtol=0, atol=TOLERANCE)
+def check(name: str, expected: dict, tolerance: tuple, energy, forces, virial) -> None:
+    energy_tolerance, gradient_tolerance = tolerance
+    assert abs(float(energy.detach()) - expected["energy"]) < energy_tolerance, name
+    np.testing.assert_allclose(forces.detach().numpy(), np.array(expected["forces"]), rtol=0,
+                               atol=gradient_tolerance)
     if len(expected["virial"]) and not torch.isnan(virial).any():
-        np.testing.assert_allclose(virial.detach().numpy(), np.array(expected["virial"]), rtol=0, atol=TOLERANCE)
+        np.testing.assert_allclose(virial.detach().numpy(), np.array(expected["virial"]), rtol=0,
+                                   atol=gradient_tolerance)
 
 
 def check_all(name: str, model) -> None:
@@ -39,7 +51,8 @@ def check_all(name: str, model) -> None:
     for structure in golden_structures():
         if structure["name"] in recorded:
             inputs = model_inputs(structure)
-            check(structure["name"], recorded[structure["name"]], *model(*inputs, True, True))
+            check(structure["name"], recorded[structure["name"]], TOLERANCE.get(name, GOLDEN_TOLERANCE),
+                  *model(*inputs, True, True))
 
 
 @pytest.mark.parametrize("name", CONFIGS + ["default_model"])
