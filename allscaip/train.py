@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -109,6 +110,11 @@ class Trainer:
         test_raw = read_frames(data.test) if data.test else [frames[i] for i in split["test"]]
         self.test_frames = to_tensors(test_raw)
         self.split = split
+        identity = hashlib.sha256()
+        for frame in self.train_raw:
+            identity.update(np.asarray(frame.positions, np.float64).tobytes())
+            identity.update(np.float64(frame.energy).tobytes())
+        self.data_fingerprint = identity.hexdigest()
         labels = [f for f in self.train_frames if f.forces is not None]
         self.force_variance = float(torch.cat([f.forces.flatten() for f in labels]).double().var()) if labels else 1.0
         stresses = [f.stress.flatten() for f in self.train_frames if f.stress is not None]
@@ -249,6 +255,7 @@ class Trainer:
                 "model": self.model.state_dict(), "ema": self.ema,
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
                 "extended_at": list(self.extended_at) if self.extended_at else None,
+                "data_fingerprint": self.data_fingerprint,
                 "config": self.config.to_dict()}
 
     def save_checkpoint(self) -> None:
@@ -261,7 +268,9 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         state = torch.load(path, weights_only=True, map_location=self.device)
-        saved, wanted = state["config"], self.config.to_dict()
+        saved, wanted = portable(state["config"]), portable(self.config.to_dict())
+        if state.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
+            raise ValueError(f"--resume: the training frames differ from those {path} was trained on")
         saved_epochs, wanted_epochs = saved["optim"]["epochs"], wanted["optim"]["epochs"]
         if {**saved, "optim": {**saved["optim"], "epochs": wanted_epochs}} != wanted:
             raise ValueError(f"--resume: {path} was written with a different training config "
@@ -355,6 +364,18 @@ class Trainer:
         if self.progress:
             print(table)
         return results
+
+
+def portable(config: dict) -> dict:
+    """A config dict with its file paths cut to their last component: a run resumes from
+    another checkout (or machine) of the same files; the frames themselves are compared by
+    fingerprint."""
+    data = dict(config["data"])
+    for key in ("train", "test"):
+        if data.get(key):
+            data[key] = Path(data[key]).name
+    init_from = config.get("init_from")
+    return {**config, "data": data, "init_from": Path(init_from).name if init_from else init_from}
 
 
 def frame_tensors_like(frame: FrameTensors) -> FrameTensors:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from allscaip.data import write_shard
+from allscaip.data import read_frames, write_shard
 from allscaip.evaluate import error_metrics
 from allscaip.io import load_model, read_model_file
 from allscaip.reference.datagen import DatagenSettings, Run, sample_run
@@ -145,6 +145,17 @@ def test_resume_with_more_epochs_extends_the_schedule_continuously(water_data, t
     assert again.learning_rate(now + 3) == pytest.approx(extended.learning_rate(now + 3), rel=1e-12)
     with pytest.raises(ValueError, match="only optim.epochs may change"):
         Trainer(config(9, max_atoms=30), tmp_path, progress=False).resume()
+    moved = tmp_path / "elsewhere" / water_data.name  # the same frames in another checkout: fine
+    moved.parent.mkdir()
+    moved.write_bytes(water_data.read_bytes())
+    Trainer(tiny_config(moved, optim=config(8).optim.__dict__), tmp_path, progress=False).resume()
+    changed = tmp_path / "changed" / water_data.name
+    changed.parent.mkdir()
+    frames = read_frames(water_data)
+    frames[0].energy += 0.1
+    write_shard(frames, changed)
+    with pytest.raises(ValueError, match="training frames differ"):
+        Trainer(tiny_config(changed, optim=config(8).optim.__dict__), tmp_path, progress=False).resume()
     with pytest.raises(ValueError, match="end it in the past"):
         Trainer(config(5), tmp_path, progress=False).resume()
 
