@@ -387,9 +387,11 @@ def pair_distances(pairs: PairImages, block_elements: int = 1 << 22) -> torch.Te
                                                               + offsets[None, :, :], dim=-1), dim=1)
                                for start in range(0, separation.shape[0], rows)]
                               + [torch.zeros(0, dtype=torch.long, device=separation.device)])
-    disp = (torch.index_select(pairs.positions, 0, second) + torch.index_select(pairs.offsets, 0, image)
-            - torch.index_select(pairs.positions, 0, first))
-    return safe_norm(disp)
+    # Both ends in one gather: two index_selects of the positions (by the two rows of one
+    # triu_indices tensor) gave forces 0.1 % off in openmm-torch's C++ TorchScript executor
+    # (energy exact; Python TorchScript and eager right).
+    ends = torch.index_select(pairs.positions, 0, index.reshape(-1)).view(2, index.shape[1], 3)
+    return safe_norm(ends[1] - ends[0] + torch.index_select(pairs.offsets, 0, image))
 
 
 def pair_matrix_index(n_atoms: int, device: torch.device) -> torch.Tensor:
