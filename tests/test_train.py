@@ -41,6 +41,25 @@ def history(run_folder):
         return list(csv.DictReader(handle))
 
 
+class Interrupted(Exception):
+    pass
+
+
+def run_interrupted_in_epoch(trainer, epoch):
+    """``trainer.run()`` stopped as a session would stop, at the start of ``epoch``."""
+    original, calls = trainer.train_epoch, []
+
+    def stopping():
+        calls.append(1)
+        if len(calls) == epoch:
+            raise Interrupted
+        return original()
+
+    trainer.train_epoch = stopping
+    with pytest.raises(Interrupted):
+        trainer.run()
+
+
 def tiny_config(data, **changes):
     values = {"data": {"train": str(data), "validation_fraction": 0.25, "test_fraction": 0.0},
               "model": TINY_MODEL, "optim": {"epochs": 3, "max_atoms_per_batch": 60, "warmup_steps": 2,
@@ -79,22 +98,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path):
     config = tiny_config(water_data)
     train(config, tmp_path / "straight", progress=False)
 
-    class Interrupted(Exception):
-        pass
-
-    interrupted = Trainer(config, tmp_path / "resumed", progress=False)
-    original = interrupted.train_epoch
-    calls = []
-
-    def stop_in_second_epoch():
-        calls.append(1)
-        if len(calls) == 2:
-            raise Interrupted
-        return original()
-
-    interrupted.train_epoch = stop_in_second_epoch
-    with pytest.raises(Interrupted):
-        interrupted.run()
+    run_interrupted_in_epoch(Trainer(config, tmp_path / "resumed", progress=False), 2)
     with pytest.raises(ValueError, match="--resume"):
         train(config, tmp_path / "resumed", progress=False)
     train(config, tmp_path / "resumed", resume=True, progress=False)
@@ -111,21 +115,8 @@ def test_resume_with_more_epochs_extends_the_schedule_continuously(water_data, t
         return tiny_config(water_data, optim={"epochs": epochs, "max_atoms_per_batch": max_atoms,
                                               "warmup_steps": 2, "lr": 3e-3})
 
-    class Interrupted(Exception):
-        pass
-
     planned = Trainer(config(4), tmp_path, progress=False)
-    original, calls = planned.train_epoch, []
-
-    def stop_in_third_epoch():
-        calls.append(1)
-        if len(calls) == 3:
-            raise Interrupted
-        return original()
-
-    planned.train_epoch = stop_in_third_epoch
-    with pytest.raises(Interrupted):
-        planned.run()
+    run_interrupted_in_epoch(planned, 3)
     assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
 
     extended = Trainer(config(8), tmp_path, progress=False)
