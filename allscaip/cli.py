@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="training config (YAML)")
     train.add_argument("-o", "--output", required=True, help="run folder (model.pt, checkpoint.pt, results)")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    train.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="M",
+                       help="also write checkpoint.pt every M minutes within an epoch, so an interrupted "
+                            "run loses at most M minutes (default 10)")
     train.set_defaults(handler=_run_train)
 
     openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
@@ -163,7 +166,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from allscaip.train import train
     from allscaip.train_config import load_config
 
-    train(load_config(args.config), args.output, resume=args.resume)
+    train(load_config(args.config), args.output, resume=args.resume,
+          checkpoint_seconds=60.0 * args.checkpoint_minutes)
     return 0
 
 

@@ -7,8 +7,10 @@
 - AdamW, linear warm-up then cosine decay, gradient-norm clipping, EMA weights (used for
   validation and the saved model), random rotations of every frame (the architecture is
   not exactly rotation invariant).
-- Validation each epoch; ``checkpoint.pt`` after each epoch; ``--resume`` continues from it and
-  reproduces an uninterrupted run exactly (batch order and rotations derive from seed and epoch).
+- Validation each epoch; ``checkpoint.pt`` after each epoch and every ``checkpoint_seconds``
+  within one (``--checkpoint-minutes``), with the position in the epoch; ``--resume`` continues
+  from it and reproduces an uninterrupted run exactly (batch order and rotations derive from seed
+  and epoch; the rotation stream's state is saved).
   ``--resume`` with a config that differs only in ``optim.epochs`` extends (or shortens) the run:
   the cosine restarts from the current learning rate and ends at the minimum on the new last step.
 - Every optimiser step evaluates its frames in one batched model call (``allscaip.batch``).
@@ -76,8 +78,10 @@ def random_rotation(generator: np.random.Generator, dtype: torch.dtype) -> torch
 class Trainer:
     """One training run in ``output`` (a folder), on one process or one torchrun rank."""
 
-    def __init__(self, config: TrainConfig, output: str | Path, progress: bool = True):
+    def __init__(self, config: TrainConfig, output: str | Path, progress: bool = True,
+                 checkpoint_seconds: float = 600.0):
         self.config, self.output = config, Path(output)
+        self.checkpoint_seconds = checkpoint_seconds
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.progress = progress and self.rank == 0
@@ -93,6 +97,7 @@ class Trainer:
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.extended_at: tuple[int, float] | None = None  # (step, lr) where a longer schedule took over
         self.history: list[dict] = []
+        self.position: dict | None = None  # where in the current epoch a mid-epoch checkpoint stopped
         self.steps_per_epoch = len(list(batches(self.train_frames, config.optim.max_atoms_per_batch, True, 0)))
         self.total_steps = max(1, self.steps_per_epoch * config.optim.epochs)
 
@@ -192,6 +197,7 @@ class Trainer:
         return sdpa_kernel([SDPBackend.MATH])
 
     def train_epoch(self) -> dict:
+        """One epoch from ``self.position`` (a resumed mid-epoch checkpoint) or its start."""
         from tqdm import tqdm
 
         optim = self.config.optim
@@ -199,12 +205,19 @@ class Trainer:
                                      seed=self.config.seed * 100003 + self.epoch))
         generator = np.random.default_rng([self.config.seed, self.epoch])
         totals = {"loss": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0}
+        first, seconds_before = 0, 0.0
+        if self.position is not None:
+            first, totals = self.position["batch"], dict(self.position["totals"])
+            generator.bit_generator.state = self.position["generator"]
+            seconds_before = self.position["seconds"]
+            self.position = None
+        started = last_save = time.perf_counter()
         bar = tqdm(epoch_batches, desc=f"epoch {self.epoch + 1}/{optim.epochs}", unit="batch",
-                   disable=not self.progress, leave=False)
-        for batch in bar:
+                   disable=not self.progress, leave=False, initial=first)
+        for index in range(first, len(epoch_batches)):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.step)
-            loss, terms = self.batch_loss(batch, generator)
+            loss, terms = self.batch_loss(epoch_batches[index], generator)
             self.optimizer.zero_grad(set_to_none=False)
             if loss.requires_grad:  # a rank may hold no frame of a small batch
                 loss.backward()
@@ -217,7 +230,16 @@ class Trainer:
             self.step += 1
             for key, value in zip(totals, parts.tolist()):
                 totals[key] += value / len(epoch_batches)
+            bar.update()
             bar.set_postfix(loss=f"{float(parts[0]):.4f}")
+            now = time.perf_counter()
+            if self.rank == 0 and index + 1 < len(epoch_batches) and now - last_save >= self.checkpoint_seconds:
+                self.save_checkpoint({"batch": index + 1, "totals": dict(totals),
+                                      "generator": generator.bit_generator.state,
+                                      "seconds": seconds_before + now - started})
+                last_save = now
+        bar.close()
+        self.epoch_seconds = seconds_before + time.perf_counter() - started
         return totals
 
     def _all_reduce(self, values: torch.Tensor) -> torch.Tensor:
@@ -250,17 +272,19 @@ class Trainer:
         return model.eval()
 
     # ----------------------------------------------------------------- bookkeeping
-    def checkpoint_state(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "best": self.best,
+    def checkpoint_state(self, position: dict | None = None) -> dict:
+        """Everything a resume needs; ``position`` marks a checkpoint inside epoch ``epoch + 1``."""
+        return {"epoch": self.epoch, "step": self.step, "best": self.best, "position": position,
                 "model": self.model.state_dict(), "ema": self.ema,
                 "optimizer": self.optimizer.state_dict(), "history": self.history,
                 "extended_at": list(self.extended_at) if self.extended_at else None,
                 "data_fingerprint": self.data_fingerprint,
                 "config": self.config.to_dict()}
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, position: dict | None = None) -> None:
         path = self.output / "checkpoint.pt"
-        torch.save(self.checkpoint_state(), path.with_suffix(".tmp"))
+        self.output.mkdir(parents=True, exist_ok=True)
+        torch.save(self.checkpoint_state(position), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
 
     def resume(self) -> None:
@@ -283,6 +307,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.history = state["history"]
+        self.position = state.get("position")
         self.extended_at = tuple(state["extended_at"]) if state.get("extended_at") else None
         if wanted_epochs != saved_epochs:  # a longer (or shorter) schedule from here on
             self.total_steps = max(1, self.steps_per_epoch * saved_epochs)
@@ -311,7 +336,6 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         while self.epoch < self.config.optim.epochs:
-            epoch_started = time.perf_counter()
             totals = self.train_epoch()
             self.epoch += 1
             if self.rank == 0:
@@ -320,7 +344,7 @@ class Trainer:
                 validation = self.validation_loss(metrics) if metrics else totals["loss"]
                 record = {"epoch": self.epoch, "step": self.step, "lr": self.learning_rate(self.step),
                           "train_loss": totals["loss"], "validation_loss": validation,
-                          "seconds": round(time.perf_counter() - epoch_started, 2),
+                          "seconds": round(self.epoch_seconds, 2),
                           **{f"validation_{k}": v for k, v in metrics.items() if k != "frames"}}
                 self.history.append(record)
                 if validation < self.best:
@@ -403,10 +427,11 @@ def init_distributed(device: str) -> bool:
     return True
 
 
-def train(config: TrainConfig, output: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(config: TrainConfig, output: str | Path, resume: bool = False, progress: bool = True,
+          checkpoint_seconds: float = 600.0) -> dict:
     started_group = init_distributed(config.device)
     try:
-        trainer = Trainer(config, output, progress=progress)
+        trainer = Trainer(config, output, progress=progress, checkpoint_seconds=checkpoint_seconds)
         if resume:
             trainer.resume()
         elif (Path(output) / "checkpoint.pt").exists():

@@ -60,6 +60,22 @@ def run_interrupted_in_epoch(trainer, epoch):
         trainer.run()
 
 
+def run_interrupted_mid_epoch(trainer, step):
+    """``trainer.run()`` stopped inside an epoch, just before optimiser step ``step`` (counted
+    from 1), with a checkpoint written after every step."""
+    original, calls = trainer.batch_loss, []
+
+    def stopping(*args):
+        calls.append(1)
+        if len(calls) == step:
+            raise Interrupted
+        return original(*args)
+
+    trainer.batch_loss, trainer.checkpoint_seconds = stopping, 0.0
+    with pytest.raises(Interrupted):
+        trainer.run()
+
+
 def tiny_config(data, **changes):
     values = {"data": {"train": str(data), "validation_fraction": 0.25, "test_fraction": 0.0},
               "model": TINY_MODEL, "optim": {"epochs": 3, "max_atoms_per_batch": 60, "warmup_steps": 2,
@@ -94,11 +110,19 @@ def test_force_training_works_without_attention_biases(water_data, tmp_path, cha
     assert trainer.train_epoch()["forces"] > 0
 
 
-def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path):
+@pytest.mark.parametrize("where", ["between epochs", "inside an epoch"])
+def test_resume_reproduces_an_uninterrupted_run_exactly(water_data, tmp_path, where):
     config = tiny_config(water_data)
     train(config, tmp_path / "straight", progress=False)
 
-    run_interrupted_in_epoch(Trainer(config, tmp_path / "resumed", progress=False), 2)
+    interrupted = Trainer(config, tmp_path / "resumed", progress=False)
+    if where == "between epochs":
+        run_interrupted_in_epoch(interrupted, 2)
+    else:
+        assert interrupted.steps_per_epoch >= 3
+        run_interrupted_mid_epoch(interrupted, interrupted.steps_per_epoch + 2)
+        state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+        assert (state["epoch"], state["position"]["batch"]) == (1, 1)
     with pytest.raises(ValueError, match="--resume"):
         train(config, tmp_path / "resumed", progress=False)
     train(config, tmp_path / "resumed", resume=True, progress=False)
