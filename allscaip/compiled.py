@@ -1,12 +1,16 @@
-"""``torch.compile`` (inductor) of the network for eager callers: the ASE calculator, OpenMM's
-PythonForce and anything else holding an ``Evaluator`` with ``compile=True``.
+"""``torch.compile`` (inductor) of the model's energy for eager callers: the ASE calculator,
+OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=True``.
 
-Featurization (graph, features, input block) stays eager: the graph's sizes depend on the
-data. The attention blocks and the energy head are compiled for fixed shapes; forces come
-from autograd through both (inductor compiles the backward too). A new atom count or slot
-count P compiles again, so this pays where shapes stay put, e.g. a gas-phase molecule, whose
-slot count is fixed (see benchmarks/compile_probe.py and RESULTS.md). Inference only: force
-training differentiates twice, which compiled graphs do not support.
+- A molecule (no periodic axis): the whole call, featurization included. Dynamo splits it
+  where the graph builder's sizes depend on the data (``nonzero``, ``bincount``, ``.item()``)
+  and compiles the pieces between; a molecule's graph keeps its sizes from step to step, so
+  it compiles once. This is where compilation pays most: a small molecule's call is
+  per-operation overhead (a gas-phase water: ~2-3x faster, benchmarks/compile_probe.py).
+- A periodic system: the attention blocks and the energy head only. Its graph's sizes change
+  every step, so featurization stays eager; a new atom count or slot count P compiles again.
+
+Forces come from autograd through the compiled graphs (inductor compiles the backward too).
+Inference only: force training differentiates twice, which compiled graphs do not support.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-class CompiledNetwork:
-    """``model.network_energy`` compiled on first use, with its compilations counted and timed;
-    any failure to compile (no C++ compiler, an unsupported operation) warns once and runs
-    eagerly from then on."""
+class CompiledEnergy:
+    """The model's raw energy compiled on first use (the whole call for a molecule, the
+    network for a periodic system), with its compilations counted and timed; any failure to
+    compile (no C++ compiler, an unsupported operation) warns once and runs eagerly from then on."""
 
     def __init__(self, model):
         self.model = model
         self.compilations = 0  # graphs inductor compiled (a steady run adds none)
         self.compile_seconds: list[float] = []  # wall time of each call that compiled
         self.failed = False
-        self._function = None
+        self._network = None
+        self._whole = None
 
     def __getstate__(self) -> dict:
         """Picklable (PythonForce Systems are serialised): the compiled code is rebuilt on use."""
@@ -46,14 +51,29 @@ class CompiledNetwork:
         self.compilations += 1
         return compile_fx(graph_module, example_inputs)
 
-    def __call__(self, x: torch.Tensor, inputs) -> torch.Tensor:
+    def eager_energy(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
+        """The raw energy without compilation (what every compiled path must equal)."""
+        x, inputs = self.model.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
+        return self.model.network_energy(x, inputs)
+
+    def _periodic_energy(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
+        x, inputs = self.model.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
+        if self._network is None:
+            self._network = torch.compile(self.model.network_energy, backend=self._backend, dynamic=False)
+        return self._network(x, inputs)
+
+    def __call__(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
+        arguments = (positions, atomic_numbers, cell, pbc, charge, spin, plan)
         if self.failed:
-            return self.model.network_energy(x, inputs)
-        if self._function is None:
-            self._function = torch.compile(self.model.network_energy, backend=self._backend, dynamic=False)
+            return self.eager_energy(*arguments)
         before, start = self.compilations, time.perf_counter()
         try:
-            energy = self._function(x, inputs)
+            if any(plan.periodic):
+                energy = self._periodic_energy(*arguments)
+            else:
+                if self._whole is None:  # automatic dynamic shapes: a molecule whose graph grows recompiles once
+                    self._whole = torch.compile(self.eager_energy, backend=self._backend)
+                energy = self._whole(*arguments)
         except Exception as error:  # noqa: BLE001 -- any compiler failure: fall back, say why
             self.failed = True
             cause: BaseException = error
@@ -63,11 +83,11 @@ class CompiledNetwork:
                     break
                 cause = inner
             reason = (str(cause).strip().splitlines() or [""])[0]
-            warnings.warn(f"torch.compile of the AllScAIP network failed ({type(cause).__name__}: {reason}); "
+            warnings.warn(f"torch.compile of the AllScAIP model failed ({type(cause).__name__}: {reason}); "
                           "continuing without compilation", RuntimeWarning, stacklevel=2)
-            return self.model.network_energy(x, inputs)
+            return self.eager_energy(*arguments)
         if self.compilations > before:
             self.compile_seconds.append(time.perf_counter() - start)
-            logger.info("compiled the AllScAIP network for %d atoms, %d slots in %.1f s",
-                        x.shape[0], x.shape[1], self.compile_seconds[-1])
+            logger.info("compiled the AllScAIP model (%d graphs) for %d atoms in %.1f s",
+                        self.compilations - before, positions.shape[0], self.compile_seconds[-1])
         return energy

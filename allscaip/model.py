@@ -382,7 +382,7 @@ class AllScAIP(nn.Module):
         super().__init__()
         self.config = cfg
         self.metadata: dict = {}
-        self.compiled = None  # allscaip.compiled.CompiledNetwork, for eager callers (see compile_network)
+        self.compiled = None  # allscaip.compiled.CompiledEnergy, for eager callers (see compile_network)
         self.use_compiled = False
         self.backbone = Backbone(cfg)
         self.energy_head = EnergyHead(cfg)
@@ -408,12 +408,13 @@ class AllScAIP(nn.Module):
 
     @torch.jit.unused
     def compile_network(self) -> "AllScAIP":
-        """Run the attention blocks and energy head through ``torch.compile`` (inductor) in
-        inference with conserving forces; featurization stays eager. Falls back to eager with a
-        warning where compilation fails. See ``allscaip.compiled``."""
-        from allscaip.compiled import CompiledNetwork
+        """Run the energy through ``torch.compile`` (inductor) in inference with conserving
+        forces: the whole call for a molecule, the attention blocks and energy head for a
+        periodic system. Falls back to eager with a warning where compilation fails. See
+        ``allscaip.compiled``."""
+        from allscaip.compiled import CompiledEnergy
 
-        self.compiled = CompiledNetwork(self)
+        self.compiled = CompiledEnergy(self)
         self.use_compiled = True
         return self
 
@@ -421,9 +422,8 @@ class AllScAIP(nn.Module):
     def compiled_energy(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                         pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor, plan: CellPlan
                         ) -> torch.Tensor:
-        """Raw energy with eager featurization and the compiled network (eager only)."""
-        x, inputs = self.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
-        return self.compiled(x, inputs)
+        """Raw energy through ``compile_network``'s compiled code (eager only)."""
+        return self.compiled(positions, atomic_numbers, cell, pbc, charge, spin, plan)
 
     def network_energy(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         """Raw (normalised) energy from the initial slot states and the blocks' other inputs:

@@ -9,6 +9,9 @@ bare ms - 1; ns/day at the integrated timestep.
     .venv/bin/python benchmarks/bench_openmm.py --waters 64 216 512 1000
     .venv/bin/python benchmarks/bench_openmm.py --model models/allscaip-spcfw-water/model.pt \
         --waters 64 216 --dtypes float32
+    # the protocols' gas phase: one water, no box, Reference platform, Langevin at 1.5 fs;
+    # TorchForce vs PythonForce vs PythonForce with torch.compile (protocol --compile)
+    .venv/bin/python benchmarks/bench_openmm.py --model models/allscaip-spcfw-water/model.pt --gas
 """
 
 from __future__ import annotations
@@ -58,6 +61,51 @@ def time_openmm(model_file, atoms, dtype, backend, steps, timestep_fs):
     return 1000 * (time.perf_counter() - start) / steps
 
 
+def time_gas(model_file, dtype, backend, compile, steps, timestep_fs, rounds):
+    """ms/step (median of ``rounds`` blocks of ``steps``) and the first call's seconds (the
+    compilation, with ``compile``) of one water molecule as the protocols' gas phase runs it."""
+    import openmm
+    from openmm import app, unit
+
+    from allscaip.plugins.openmm import create_system
+
+    topology = app.Topology()
+    residue = topology.addResidue("HOH", topology.addChain())
+    oxygen = topology.addAtom("O", app.element.oxygen, residue)
+    for name in ("H1", "H2"):
+        topology.addBond(oxygen, topology.addAtom(name, app.element.hydrogen, residue))
+    positions = np.array([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.024, 0.0927, 0.0]])
+    system = create_system(topology, model_file, dtype=dtype, backend=backend, compile=compile,
+                           hydrogen_mass=4.0)
+    integrator = openmm.LangevinMiddleIntegrator(298.15 * unit.kelvin, 5 / unit.picosecond,
+                                                 timestep_fs * unit.femtosecond)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    context.setVelocitiesToTemperature(298.15 * unit.kelvin, 1)
+    start = time.perf_counter()
+    integrator.step(1)
+    first = time.perf_counter() - start
+    integrator.step(5)
+    blocks = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        integrator.step(steps)
+        blocks.append(1000 * (time.perf_counter() - start) / steps)
+    return float(np.median(blocks)), first
+
+
+def gas_table(model_file, args, timestep) -> None:
+    print(f"gas phase: one water, no box, OpenMM Reference platform, {args.threads} threads, Langevin "
+          f"{timestep} fs, ms per step (ns/day); first step = seconds of the first call (compilation)")
+    print(f"{'dtype':>8} {'backend':>22} {'ms/step':>8} {'ns/day':>7} {'first step s':>13}")
+    per_day = lambda ms: timestep * 1e-6 * 86400e3 / ms  # noqa: E731
+    for dtype in args.dtypes:
+        for label, backend, compile in (("TorchForce", "torchforce", False), ("PythonForce", "python", False),
+                                        ("PythonForce + compile", "python", True)):
+            ms, first = time_gas(model_file, dtype, backend, compile, args.steps, timestep, args.rounds)
+            print(f"{dtype:>8} {label:>22} {ms:8.2f} {per_day(ms):7.1f} {first:13.1f}", flush=True)
+
+
 def time_bare(model_file, atoms, dtype, steps):
     from allscaip.io import load_model
     from allscaip.plugins.openmm.forces import DTYPES, OpenMMAllScAIP
@@ -85,6 +133,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, help="a model file (default: random benchmark architecture)")
     parser.add_argument("--timestep-fs", type=float, help="default 0.25 (random model) or 1.5 (--model)")
+    parser.add_argument("--gas", action="store_true",
+                        help="time the protocols' gas-phase molecule instead of water boxes")
+    parser.add_argument("--rounds", type=int, default=5, help="--gas: blocks of --steps steps timed")
     args = parser.parse_args()
     timestep = args.timestep_fs or (1.5 if args.model else 0.25)
     torch.set_num_threads(args.threads)
@@ -94,6 +145,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_file = str(args.model) if args.model else save_benchmark_model(Path(tmp))
+        if args.gas:
+            gas_table(model_file, args, timestep)
+            return
         print(f"OpenMM CPU platform, {Path(model_file).name}, {args.threads} threads, Verlet {timestep} fs, "
               "ms per step (ns/day)")
         print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'TorchForce':>18} "

@@ -38,6 +38,8 @@ class Phase:
     barostat_interval: int = 25
     max_temperature_factor: float = 5.0  # instantaneous T above this x target = blow-up
     forcefield: str | None = None  # classical potential instead of ``model``
+    backend: str = "torchforce"  # OpenMM: "torchforce" or "python" (PythonForce)
+    compile: bool = False  # PythonForce through torch.compile (allscaip.compiled)
 
 
 def completed_steps(out: Path) -> int:
@@ -56,7 +58,8 @@ def run_openmm(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         barostat_interval=phase.barostat_interval, platform=phase.platform,
         precision=phase.precision, charge=phase.charge, spin=phase.spin,
         hydrogen_mass=phase.hydrogen_mass, seed=phase.seed,
-        max_temperature_factor=phase.max_temperature_factor, forcefield=phase.forcefield)
+        max_temperature_factor=phase.max_temperature_factor, forcefield=phase.forcefield,
+        backend=phase.backend, compile=phase.compile)
     run(settings, resume=resume, progress=progress)
 
 

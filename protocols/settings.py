@@ -61,6 +61,7 @@ class ProtocolSettings:
     platform: str = "auto"  # OpenMM platform of the liquid: CUDA when available, else CPU
     quick: bool = False
     forcefield: str | None = None  # classical potential (spcfw or an OpenMM XML) instead of a model
+    compile: bool = False  # gas-phase molecule through PythonForce + torch.compile (openmm engine)
 
     @property
     def needs_gas(self) -> bool:
@@ -80,6 +81,8 @@ class ProtocolSettings:
             raise ValueError("give either --model or --forcefield, not both")
         if self.forcefield is not None and self.engine != "openmm":
             raise ValueError("--forcefield runs on the openmm engine only")
+        if self.compile and (self.engine != "openmm" or self.forcefield is not None):
+            raise ValueError("--compile applies to a model on the openmm engine (its gas-phase molecule)")
         positive = ("n_molecules", "temperature", "timestep", "production", "report_interval",
                     "replicas", "friction", "gas_friction")
         for name in positive:
@@ -131,7 +134,7 @@ def merge_resumed(saved: ProtocolSettings, given: dict) -> ProtocolSettings:
             continue
         if key == "replicas" and value < values[key]:
             conflicts.append(f"--replicas {value} (the run has {values[key]}; replicas can be added, not dropped)")
-        elif key in EXTENDABLE or key == "out":
+        elif key in EXTENDABLE or key in ("out", "compile"):  # compile changes speed, not the run
             values[key] = value
         elif key == "hydrogen_mass" and value == 0 and values[key] is None:
             continue

@@ -91,3 +91,8 @@ def test_cli_runs_and_reports(inputs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "step 20/20" in result.stdout and "ns/day" in result.stdout
     assert len(thermo(tmp_path)) == 2
+
+
+def test_compile_needs_the_python_backend(inputs, tmp_path):
+    with pytest.raises(ValueError, match="--compile needs --backend python"):
+        settings(inputs, tmp_path, compile=True).validate()

@@ -195,6 +195,9 @@ def test_forcefield_input_errors(tiny_model, tmp_path, capsys):
     assert "openmm engine only" in error("--forcefield", "spcfw", "--engine", "lammps")
     assert "neither 'spcfw' nor a readable OpenMM ForceField XML" in error(
         "--forcefield", str(tmp_path / "missing.xml"), "-n", "8", "--production", "0.3")
+    for wrong in (("--forcefield", "spcfw"), ("--model", tiny_model, "--engine", "lammps")):
+        assert "--compile applies to a model on the openmm engine" in error(
+            "--compile", *wrong, "--out", str(tmp_path / "compiled"))
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ class RunSettings:
     seed: int = 1
     max_temperature_factor: float = 5.0
     forcefield: str | None = None  # a classical potential instead of the model (classical.py)
+    compile: bool = False  # the python backend through torch.compile (allscaip.compiled)
 
     def validate(self) -> None:
         if (self.forcefield is None) == (not self.model):
@@ -46,6 +47,8 @@ class RunSettings:
         for name in ("temperature", "timestep", "steps", "report_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.compile and self.backend != "python":
+            raise ValueError("--compile needs --backend python (a TorchForce runs TorchScript)")
         if self.steps % self.report_interval:
             raise ValueError("--steps must be a multiple of --report-interval")
 
@@ -70,7 +73,7 @@ def build_simulation(settings: RunSettings):
     else:
         system = create_system(topology, settings.model, charge=settings.charge, spin=settings.spin,
                                dtype=settings.precision, backend=settings.backend,
-                               hydrogen_mass=settings.hydrogen_mass)
+                               hydrogen_mass=settings.hydrogen_mass, compile=settings.compile)
     dt = settings.timestep * unit.femtoseconds
     if settings.ensemble == "nve":
         integrator = openmm.VerletIntegrator(dt)

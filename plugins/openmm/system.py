@@ -53,9 +53,11 @@ def repartition_hydrogen_mass(system, topology, hydrogen_mass: float) -> None:
 
 def create_system(topology, model: str | Path, *, charge: int = 0, spin: int = 1,
                   dtype: str = "float32", backend: str = "torchforce",
-                  hydrogen_mass: Optional[float] = None, remove_cm_motion: bool = True):
+                  hydrogen_mass: Optional[float] = None, remove_cm_motion: bool = True,
+                  compile: bool = False):
     """A pure-ML System for ``topology``: masses, the AllScAIP force (periodic when the
-    topology has a box), molecule definitions from bonds, optional HMR."""
+    topology has a box), molecule definitions from bonds, optional HMR. ``compile``: the
+    ``python`` backend through ``torch.compile`` (``allscaip.compiled``)."""
     import openmm
 
     system = openmm.System()
@@ -66,7 +68,8 @@ def create_system(topology, model: str | Path, *, charge: int = 0, spin: int = 1
         system.addParticle(0.0 if atom.element is None else atom.element.mass)
     numbers = element_numbers(topology)
     system.addForce(create_allscaip_force(model, numbers, charge=charge, spin=spin,
-                                          periodic=box is not None, dtype=dtype, backend=backend))
+                                          periodic=box is not None, dtype=dtype, backend=backend,
+                                          compile=compile))
     add_molecule_bonds(system, topology)
     if hydrogen_mass is not None:
         repartition_hydrogen_mass(system, topology, hydrogen_mass)
