@@ -203,6 +203,53 @@ def _position_in_segment(sorted_segment: torch.Tensor, n_segments: int) -> torch
     return torch.arange(sorted_segment.shape[0], device=sorted_segment.device) - starts[sorted_segment]
 
 
+def molecule_graph(positions: torch.Tensor, cutoff: float, knn_k: int, rank_scale: float,
+                   lse_scale: float) -> NeighborGraph:
+    """``build_neighbor_graph`` of a system with no periodic axis and at most k + delta atoms
+    (a molecule or cluster, whose candidates are never truncated), in fixed shapes.
+
+    Every ordered pair (i, j) is an edge and every atom has P = N slots. Pairs the general
+    builder drops (beyond the search radius or the envelope) get env = +inf: they fill the
+    trailing slots, which attention masks like empty ones, and weigh 0 in the bond order. The
+    function is the general builder's (to round-off); there is no data-dependent size and no
+    host sync, so a molecule's whole call compiles without graph breaks.
+    """
+    n_atoms = positions.shape[0]
+    device = positions.device
+    search_radius = cutoff + 4.0 * rank_scale
+    disp = positions.unsqueeze(0) - positions.unsqueeze(1)  # (N, N, 3): r_j - r_i
+    distance = safe_norm(disp)
+    candidate = distance.detach() < search_radius
+    # soft ranks as in build_neighbor_graph: non-candidates sit far away and add exactly 0
+    far = 2.0 * search_radius + 100.0
+    padded = torch.where(candidate, distance, torch.full_like(distance, far))
+    src_rank = bump(padded[:, :, None] - padded[:, None, :], rank_scale).sum(dim=-1)
+    # the reverse of i -> j is j -> i, a candidate exactly when i -> j is one
+    beyond = torch.full_like(src_rank, 2.0 * knn_k)
+    dst_rank = torch.where(candidate, src_rank.transpose(0, 1), beyond)
+    stacked = torch.stack([src_rank / knn_k, dst_rank / knn_k, distance / cutoff], dim=0)
+    env = lse_scale * torch.logsumexp(stacked / lse_scale, dim=0)
+    env = torch.where(distance == 0.0, torch.zeros_like(env), env)
+    kept = candidate & (env.detach() < 1.0)
+    env = torch.where(kept, env, torch.full_like(env, float("inf")))
+
+    with torch.no_grad():  # slots by envelope within each row (source) and column (destination)
+        src_order = torch.sort(env.detach(), dim=1, stable=True)[1]
+        dst_order = torch.sort(env.detach(), dim=0, stable=True)[1]
+        slots = torch.arange(n_atoms, device=device)
+        src_slot = torch.empty_like(src_order).scatter_(1, src_order, slots.unsqueeze(0).expand(n_atoms, n_atoms))
+        dst_slot = torch.empty_like(dst_order).scatter_(0, dst_order, slots.unsqueeze(1).expand(n_atoms, n_atoms))
+        src_flat = (slots.unsqueeze(1) * n_atoms + src_slot).reshape(-1)
+        dst_flat = (slots.unsqueeze(0) * n_atoms + dst_slot).reshape(-1)
+        to_dst = torch.empty_like(src_flat).scatter_(0, dst_flat, src_flat)
+        to_src = torch.empty_like(src_flat).scatter_(0, src_flat, dst_flat)
+    src_env = torch.gather(env, 1, src_order)
+    dst_env = torch.gather(env, 0, dst_order).transpose(0, 1)
+    center = slots.unsqueeze(1).expand(n_atoms, n_atoms).reshape(-1)
+    return NeighborGraph(center, src_flat, disp.reshape(-1, 3), env.reshape(-1), src_env, dst_env,
+                         to_dst, to_src)
+
+
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                          cutoff: float, knn_k: int, rank_scale: float = 0.2,
                          lse_scale: float = 0.1, knn_delta: int = 20,
@@ -214,10 +261,20 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
     cell, when the caller has it already.
     """
     n_atoms = positions.shape[0]
+    if plan is None:
+        plan = cell_plan(cell, pbc, cutoff, cutoff + 4.0 * rank_scale)
+    if not any(plan.periodic) and n_atoms <= knn_k + knn_delta:
+        return molecule_graph(positions, cutoff, knn_k, rank_scale, lse_scale)
+    return searched_graph(positions, cell, pbc, cutoff, knn_k, rank_scale, lse_scale, knn_delta, plan)
+
+
+def searched_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, cutoff: float,
+                   knn_k: int, rank_scale: float, lse_scale: float, knn_delta: int,
+                   plan: CellPlan) -> NeighborGraph:
+    """``build_neighbor_graph`` by candidate search: periodic systems and large molecules."""
+    n_atoms = positions.shape[0]
     device = positions.device
     search_radius = cutoff + 4.0 * rank_scale
-    if plan is None:
-        plan = cell_plan(cell, pbc, cutoff, search_radius)
     reps = plan.reps
     images = lattice_images(reps, cell.detach())
     n_images = images.shape[0]

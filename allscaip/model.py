@@ -270,8 +270,8 @@ class Backbone(nn.Module):
         edge_harmonics = harmonics[:, :(self.edge_lmax + 1) * (self.edge_lmax + 1)]
         if self.smooth_node_order:
             edge_weight = torch.exp(self.attention_bias(graph.edge_env))
-        else:
-            edge_weight = torch.ones_like(distance)
+        else:  # 1 on every kept edge (0 on the pairs a molecule's fixed-shape graph masks)
+            edge_weight = (graph.edge_env < 1.0).to(distance.dtype)
         order = bond_orientational_order(harmonics, edge_weight, graph.edge_center, n_atoms,
                                          self.order_lmax)
         x = self.input_block(atomic_numbers, charge, spin, order, gauss_index, gauss_value,

@@ -67,7 +67,8 @@ def reference_graph(positions, cell, pbc, cutoff=CUTOFF, k=KNN_K, delta=KNN_DELT
 
 
 def built_graph(positions, cell, pbc) -> tuple[dict, object]:
-    """The builder's edges as {(i, j, n): env}, and its raw output."""
+    """The builder's kept edges as {(i, j, n): env}, and its raw output. (A small molecule's
+    fixed-shape graph also lists the pairs it masks, at env = +inf: they are not edges.)"""
     pos = torch.tensor(positions, dtype=torch.float64)
     box = torch.tensor(cell, dtype=torch.float64)
     flags = torch.tensor(pbc)
@@ -77,6 +78,8 @@ def built_graph(positions, cell, pbc) -> tuple[dict, object]:
     disp = graph.edge_disp.detach().numpy()
     edges = {}
     for e, i in enumerate(src):
+        if not math.isfinite(float(graph.edge_env[e])):
+            continue
         target = positions[i] + disp[e]
         # j: the atom this displacement reaches up to a lattice vector; n: that vector
         best = None
@@ -107,8 +110,11 @@ def water(count: int, length: float | None, seed: int) -> tuple[np.ndarray, np.n
 
 def case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions (wrapped), cell and pbc of the named test system."""
-    if name == "molecule":
+    if name == "molecule":  # 15 atoms > k + delta: the candidate search
         positions, cell = water(5, None, 1)
+        pbc = np.array([False] * 3)
+    elif name == "small_molecule":  # 12 atoms <= k + delta: the fixed-shape molecule graph
+        positions, cell = water(4, 5.0, 1)
         pbc = np.array([False] * 3)
     elif name == "wide_box":  # plane spacing > 2 (cutoff + 4 s): the minimum-image search
         positions, cell = water(40, 10.0, 2)
@@ -130,7 +136,7 @@ def case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return wrapped, cell, pbc
 
 
-@pytest.mark.parametrize("name", ["molecule", "wide_box", "tiny_box", "triclinic", "slab"])
+@pytest.mark.parametrize("name", ["molecule", "small_molecule", "wide_box", "tiny_box", "triclinic", "slab"])
 def test_edges_and_envelopes_match_the_brute_force_reference(name):
     positions, cell, pbc = case(name)
     expected = reference_graph(positions, cell, pbc)
@@ -143,7 +149,7 @@ def test_edges_and_envelopes_match_the_brute_force_reference(name):
         assert got[(i, i, (0, 0, 0))] == 0.0
 
 
-@pytest.mark.parametrize("name", ["wide_box", "tiny_box", "triclinic"])
+@pytest.mark.parametrize("name", ["small_molecule", "wide_box", "tiny_box", "triclinic"])
 def test_padded_layouts_are_sorted_and_mutually_inverse(name):
     positions, cell, pbc = case(name)
     _, graph = built_graph(positions, cell, pbc)
@@ -153,11 +159,11 @@ def test_padded_layouts_are_sorted_and_mutually_inverse(name):
         assert torch.all(env[:, 1:] >= env[:, :-1])  # sorted, empty (+inf) slots last
     filled = torch.isfinite(graph.src_env).reshape(-1)
     flat = torch.arange(count * slots)
-    # to_dst / to_src move each edge between the layouts and back; empty slots map to themselves
+    # to_dst / to_src move each edge between the layouts and back, empty slots among themselves
     assert torch.equal(graph.to_src[graph.to_dst[flat]], flat)
     assert torch.equal(graph.src_env.reshape(-1)[graph.to_dst], graph.dst_env.reshape(-1))
-    assert int(filled.sum()) == graph.edge_env.shape[0]
-    assert int(torch.isfinite(graph.dst_env).sum()) == graph.edge_env.shape[0]
+    kept = int(torch.isfinite(graph.edge_env).sum())
+    assert int(filled.sum()) == kept and int(torch.isfinite(graph.dst_env).sum()) == kept
 
 
 def test_ties_in_a_lattice_give_every_atom_the_same_neighbourhood():
