@@ -15,6 +15,7 @@ unlike a timing). Printed per system size, for the eager model and its TorchScri
 
     .venv/bin/python benchmarks/bench_ops.py                       # shipped model, 1/64/216 waters
     .venv/bin/python benchmarks/bench_ops.py --waters 64 --dtype float64 --top 25
+    .venv/bin/python benchmarks/bench_ops.py --gas --waters 1 5       # a molecule and a cluster, no box
     # before/after in one run: a checkout of the baseline commit (git worktree) side by side
     git worktree add /tmp/baseline <commit>
     .venv/bin/python benchmarks/bench_ops.py --baseline /tmp/baseline
@@ -70,13 +71,14 @@ def profiler_ops(call) -> int:
     return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::"))
 
 
-def system(waters: int, dtype: torch.dtype):
+def system(waters: int, dtype: torch.dtype, gas: bool = False):
+    """A water box, or with ``gas`` the same waters without a box (a molecule or cluster)."""
     sys.path.insert(0, str(HERE))
     from water import water_box
 
     atoms = water_box(waters)
     return (torch.tensor(atoms.positions, dtype=dtype), torch.tensor(atoms.numbers),
-            torch.tensor(atoms.cell.array, dtype=dtype), torch.tensor([True] * 3),
+            torch.tensor(atoms.cell.array, dtype=dtype), torch.tensor([not gas] * 3),
             torch.tensor(0), torch.tensor(1))
 
 
@@ -92,10 +94,11 @@ def callers(model_path: Path, dtype: torch.dtype) -> dict:
             "torchscript": lambda inputs: scripted(*inputs)[:2]}
 
 
-def measure(model_path: Path, waters: int, dtype: torch.dtype, repeats: int, top: int) -> list[dict]:
+def measure(model_path: Path, waters: int, dtype: torch.dtype, repeats: int, top: int,
+            gas: bool = False) -> list[dict]:
     """Rows for one system size: every mode's op counts, syncs and median ms per call."""
     modes = callers(model_path, dtype)
-    inputs = system(waters, dtype)
+    inputs = system(waters, dtype, gas)
     rows = []
     for mode, call in modes.items():
         for _ in range(3):  # warm-up (TorchScript profiles its first calls)
@@ -118,6 +121,7 @@ def in_checkout(checkout: Path, args, waters: int) -> list[dict]:
     """``measure`` with the ``allscaip`` package of another checkout (a subprocess)."""
     command = [sys.executable, __file__, "--worker", "--model", str(args.model), "--waters", str(waters),
                "--dtype", args.dtype, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    command += ["--gas"] if args.gas else []
     env = dict(os.environ, PYTHONPATH=str(checkout))
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -132,15 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--top", type=int, default=0, help="also list the N most called ops")
     parser.add_argument("--baseline", type=Path, help="checkout of a baseline commit, measured alternately")
+    parser.add_argument("--gas", action="store_true", help="the waters without a box (molecule, cluster)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.worker:
-        print(json.dumps(measure(args.model, args.waters[0], dtype, args.repeats, 0)))
+        print(json.dumps(measure(args.model, args.waters[0], dtype, args.repeats, 0, args.gas)))
         return 0
     print(f"{args.model.name}, {args.dtype}, {args.threads} threads, one energy + forces call "
-          "(the TorchScript export also returns the virial)")
+          f"{'without a box ' if args.gas else ''}(the TorchScript export also returns the virial)")
     print(f"{'code':>8} {'waters':>6} {'atoms':>6} {'mode':>12} {'profiler ops':>13} {'dispatched':>11} "
           f"{'host syncs':>11} {'ms/call':>8}")
     for waters in args.waters:
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, checkout in sides * (2 if args.baseline else 1):  # alternate: same load for both
             rows = (in_checkout(checkout, args, waters) if checkout is not None
                     else (in_checkout(HERE.parent, args, waters) if args.baseline
-                          else measure(args.model, waters, dtype, args.repeats, args.top)))
+                          else measure(args.model, waters, dtype, args.repeats, args.top, args.gas)))
             for r in rows:
                 print(f"{label:>8} {waters:>6} {3 * waters:>6} {r['mode']:>12} {r['profiler']:>13} "
                       f"{r['dispatched']:>11} {r['syncs']:>11} {r['ms']:>8.1f}")

@@ -8,6 +8,10 @@ which is why the fast-path issue asks for a fixed slot width before compile is s
 
     .venv/bin/python benchmarks/compile_probe.py --waters 1 64
     .venv/bin/python benchmarks/compile_probe.py --waters 64 --pad-slots 8   # bucketed width
+    .venv/bin/python benchmarks/compile_probe.py --gas --waters 1 5   # compile=True, no box
+
+``--gas`` times what ``compile=True`` gives a molecule or cluster without a box instead: the
+whole call compiled (fixed-shape molecule graph, one graph), against the same model eager.
 
 The max differences compare with the unpadded eager call, so with ``--pad-slots`` they also
 check that the padding leaves the function unchanged.
@@ -57,6 +61,36 @@ def energy_forces(featurize, network, inputs):
     return energy.detach(), -torch.autograd.grad(energy, positions)[0]
 
 
+def gas_probe(model, args) -> None:
+    """Eager vs ``compile_network()`` model, whole energy + forces calls, no box."""
+    import copy
+
+    from bench_ops import system
+
+    compiled_model = copy.deepcopy(model).compile_network()
+    print(f"{args.model.name}, float32, {args.threads} threads, no box, energy + forces, "
+          "whole call compiled (compile=True) vs eager")
+    print(f"{'waters':>6} {'atoms':>6} {'compile s':>10} {'graphs':>7} {'max |dE| eV':>12} "
+          f"{'max |dF| eV/A':>14} {'eager ms':>9} {'compiled ms':>12}")
+    for waters in args.waters:
+        inputs = system(waters, torch.float32, gas=True)
+        call = lambda m: [t.detach() for t in m(*inputs, True, False)[:2]]  # noqa: E731
+        before = compiled_model.compiled.compilations
+        start = time.perf_counter()
+        energy, forces = call(compiled_model)
+        compile_s = time.perf_counter() - start
+        eager_energy, eager_forces = call(model)
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(args.repeats):
+            for name, m in (("eager", model), ("compiled", compiled_model)):
+                start = time.perf_counter()
+                call(m)
+                times[name].append(1e3 * (time.perf_counter() - start))
+        print(f"{waters:>6} {3 * waters:>6} {compile_s:10.1f} {compiled_model.compiled.compilations - before:>7} "
+              f"{float((energy - eager_energy).abs()):12.2e} {float((forces - eager_forces).abs().max()):14.2e} "
+              f"{statistics.median(times['eager']):9.2f} {statistics.median(times['compiled']):12.2f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -65,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pad-slots", type=int, default=0,
                         help="widen the slot layout to a multiple of this (a bucketed fixed width)")
+    parser.add_argument("--gas", action="store_true",
+                        help="the waters without a box, whole call compiled (compile=True)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
@@ -75,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(str(args.model)).float().eval()
     if model.backbone.block_size or model.direct_forces:
         sys.exit("the probe covers dense node attention and conserving forces only")
+    if args.gas:
+        gas_probe(model, args)
+        return 0
     featurize, network = split_call(model, args.pad_slots)
     plain_featurize, _ = split_call(model)
     print(f"{args.model.name}, float32, {args.threads} threads, network compiled (inductor, dynamic=False), "
