@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=["torchforce", "python"], default="torchforce")
     run.add_argument("--compile", action="store_true",
                      help="with --backend python: the model through torch.compile (pays most for a "
-                          "molecule, ~2-3x; one-off compilation of 1-2 min)")
+                          "molecule: ~4x per step for a water; one-off compilation of 1-2 min)")
     run.add_argument("--charge", type=int, default=0, help="total charge")
     run.add_argument("--spin", type=int, default=1, help="spin multiplicity")
     run.add_argument("--hydrogen-mass", type=float, default=None,

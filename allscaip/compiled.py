@@ -5,8 +5,8 @@ OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=T
   wrapper. Up to k + delta atoms the graph has fixed shapes (``graph.molecule_graph``), so the
   call is one graph that compiles once; larger molecules are split by dynamo where the graph
   builder's sizes depend on the data. This is where compilation pays most: a small molecule's
-  call is per-operation overhead (a gas-phase water: ~3-5x faster per call, 2x per OpenMM
-  step; ``bench_openmm.py --gas``).
+  call is per-operation overhead (a gas-phase water: ~3x faster per call, ``compile_probe.py
+  --gas``; ~4x per OpenMM step against TorchForce, ``bench_openmm.py --gas``).
 - A periodic system: the attention blocks and the energy head only. Its graph's sizes change
   every step, so featurization stays eager; a new atom count or slot count P compiles again.
 

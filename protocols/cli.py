@@ -58,7 +58,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     a("--precision", choices=["float32", "float64"], help="network dtype (default float32)")
     a("--platform", help="OpenMM platform for the liquid (default auto: CUDA if available, else CPU)")
     a("--compile", action="store_true", default=None,
-      help="run the gas-phase molecule through PythonForce with torch.compile: ~2-3x faster steps "
+      help="run the gas-phase molecule through PythonForce with torch.compile: ~4x faster steps "
            "after a one-off compilation of 1-2 min per replica (openmm engine; the liquid stays on "
            "TorchForce, where compilation gains little)")
     a("--out", required=True, help="output folder")
