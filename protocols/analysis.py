@@ -28,16 +28,17 @@ GAS_CONSTANT_KJ = 8.314462618e-3  # kJ/(mol K)
 BAR_NM3_TO_KJ_MOL = 1e5 * 1e-27 * 6.02214076e23 / 1e3  # p V in bar nm^3 -> kJ/mol
 MIN_SAMPLES = 10
 # Convergence rule of every report: each property of each replica needs at least MIN_N_EFF
-# effective (uncorrelated) samples, and at least MIN_PRODUCTION_FRACTION of the requested
-# production must remain after the detected equilibration.
+# effective (uncorrelated) samples, and at least 1 - MAX_EQUILIBRATION_FRACTION of the
+# production must remain after the equilibration detected jointly over the replicas.
 MIN_N_EFF = 20
 MAX_EQUILIBRATION_FRACTION = 0.5  # of the production; beyond it the run is still relaxing
 MIN_REPLICAS_FOR_SCATTER = 3
 BLOCK_COUNTS = (5, 8, 10)
 ONE_SIGMA = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # 0.8413: two-sided 68.27 %
 CONVERGENCE_RULE = (f"every property of every replica has >= {MIN_N_EFF} effective samples, and "
-                    f"the detected equilibration leaves >= {1 - MAX_EQUILIBRATION_FRACTION:.0%} of the "
-                    f"production; a replica-scatter error needs >= {MIN_REPLICAS_FOR_SCATTER} replicas")
+                    f"the equilibration detected jointly over the replicas leaves >= "
+                    f"{1 - MAX_EQUILIBRATION_FRACTION:.0%} of the production; a replica-scatter "
+                    f"error needs >= {MIN_REPLICAS_FOR_SCATTER} replicas")
 
 
 def _timeseries():
@@ -67,15 +68,29 @@ class Estimate:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
-def detect_equilibration(series: np.ndarray) -> int:
-    """Index where production starts: maximises the number of uncorrelated samples."""
-    series = np.asarray(series, dtype=float)
-    if len(series) < MIN_SAMPLES:
+def detect_equilibration(series: list[np.ndarray], candidates: int = 200) -> int:
+    """Where production starts in several independent series of one process (the replicas of
+    a run; a run of one replica gives one series): the t0 that maximises the number of
+    uncorrelated samples left, sum_r (n_r - t0) / g(t0), with g(t0) the replicas' mean
+    statistical inefficiency of their series from t0 on. For one series this is pymbar's
+    ``detect_equilibration`` (Chodera 2016). One series' g of a short tail is noisy and biased
+    low, which sends its maximum spuriously late; the mean over replicas is steadier
+    (benchmarks/RESULTS.md, "Equilibration detection"). t0 is searched on at most
+    ``candidates`` evenly spaced points."""
+    usable = [np.asarray(x, dtype=float) for x in series]
+    shortest = min(len(x) for x in usable)
+    if shortest < MIN_SAMPLES or all(np.ptp(x) == 0 for x in usable):
         return 0
-    if np.ptp(series) == 0:
-        return 0
-    t0, _, _ = _timeseries().detect_equilibration(series)
-    return int(t0)
+    timeseries = _timeseries()
+    best, best_t0 = -1.0, 0
+    for t0 in range(0, shortest - 1, max(1, shortest // candidates)):
+        tails = [x[t0:] for x in usable]
+        g = np.mean([timeseries.statistical_inefficiency(x, fast=True) if np.ptp(x) > 0 else float(len(x))
+                     for x in tails])  # a constant tail counts as one sample, as in pymbar
+        samples = sum(len(x) for x in tails) / g
+        if samples > best:
+            best, best_t0 = samples, t0
+    return best_t0
 
 
 def statistical_inefficiency(series: np.ndarray) -> float:
@@ -126,22 +141,29 @@ def estimate(series: np.ndarray, pooled_g: float | None = None) -> Estimate:
     return Estimate(float(series.mean()), widened, float(g), n, float(n_eff), pooled_g)
 
 
-def convergence_problems(estimate: dict, phase: dict) -> list[str]:
-    """Why one property's estimate is not converged (empty list: it is); ``phase`` is the
-    phase analysis (see protocol.analyse_phase)."""
-    problems = []
+def convergence_problems(estimate: dict) -> list[str]:
+    """Why one property's estimate is not converged (empty list: it is)."""
     if estimate["n_eff"] < MIN_N_EFF:
-        problems.append(f"{estimate['n_eff']:.1f} effective samples (need >= {MIN_N_EFF})")
-    if phase["equilibration_capped"]:
-        problems.append(f"equilibration detected at {phase['t_equil_detected_ps']:.2f} ps, more than "
-                        f"{MAX_EQUILIBRATION_FRACTION:.0%} into the production: still relaxing")
-    return problems
+        return [f"{estimate['n_eff']:.1f} effective samples (need >= {MIN_N_EFF})"]
+    return []
 
 
-def common_start(columns: list[np.ndarray], first: int = 0) -> int:
-    """Start of production for several observables of one run: the latest of their
-    detected equilibration points, searched from index ``first``."""
-    return first + max(detect_equilibration(np.asarray(c)[first:]) for c in columns)
+def relaxing_problem(phase: dict) -> str | None:
+    """Why a phase of a run is still relaxing (None: it is not); ``phase`` is one replica's
+    window (see protocol.production_windows), whose equilibration point the run's replicas
+    share."""
+    if not phase["equilibration_capped"]:
+        return None
+    return (f"equilibration detected at {phase['t_equil_detected_ps']:.2f} ps, more than "
+            f"{MAX_EQUILIBRATION_FRACTION:.0%} into the production: still relaxing")
+
+
+def common_start(observables: list[list[np.ndarray]], first: int = 0) -> int:
+    """Start of production for several observables of one run, each given as its replicas'
+    series: the latest of their jointly detected equilibration points, searched from index
+    ``first``."""
+    return first + max(detect_equilibration([np.asarray(x)[first:] for x in replicas])
+                       for replicas in observables)
 
 
 def hvap(gas_energy: Estimate, liquid_energy_per_molecule: Estimate, temperature: float) -> dict:

@@ -104,26 +104,35 @@ def read_thermo(path: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
 
 
-def production_window(table: dict[str, np.ndarray], burn_in_ps: float,
-                      observables: dict[str, np.ndarray]) -> dict:
-    """Discard ``burn_in_ps``, detect equilibration on all observables jointly: the phase's
-    production window and its production series (``series``), not yet estimated."""
-    times = table["time_ps"]
-    first = int(np.searchsorted(times, burn_in_ps, side="right"))
-    if len(times) - first < analysis.MIN_SAMPLES:
-        raise ValueError(f"only {len(times) - first} samples after the {burn_in_ps} ps equilibration; "
+def production_windows(tables: list[dict[str, np.ndarray]], burn_in_ps: float,
+                       observables: list[dict[str, np.ndarray]]) -> list[dict]:
+    """The production window of one phase in each replica of a run (``tables``, with each
+    replica's ``observables``): discard ``burn_in_ps``, then detect equilibration on all
+    observables and replicas jointly (``analysis.common_start``), so every replica starts at
+    the same time. Returns each replica's window and production series (``series``), not yet
+    estimated."""
+    firsts = [int(np.searchsorted(t["time_ps"], burn_in_ps, side="right")) for t in tables]
+    remaining = min(len(t["time_ps"]) - first for t, first in zip(tables, firsts))
+    if remaining < analysis.MIN_SAMPLES:
+        raise ValueError(f"only {remaining} samples after the {burn_in_ps} ps equilibration; "
                          f"production needs at least {analysis.MIN_SAMPLES} reports")
-    detected = analysis.common_start(list(observables.values()), first)
+    offset = analysis.common_start([[values[first:] for values, first in zip(column, firsts)]
+                                    for column in zip(*(o.values() for o in observables))])
     # never discard more than MAX_EQUILIBRATION_FRACTION of the production; a later detection
-    # makes the run "still relaxing" (not converged), see analysis.convergence_problems
-    limit = first + int(analysis.MAX_EQUILIBRATION_FRACTION * (len(times) - first))
-    start = min(detected, limit)
-    at = lambda index: float(times[index - 1]) if index > 0 else 0.0
-    return {"t_equil_ps": at(start), "t_equil_detected_ps": at(detected),
-            "equilibration_capped": detected > limit, "start_index": start,
+    # makes the run "still relaxing" (not converged), see analysis.relaxing_problem
+    limit = int(analysis.MAX_EQUILIBRATION_FRACTION * remaining)
+    windows = []
+    for table, first, values in zip(tables, firsts, observables):
+        times = table["time_ps"]
+        start = first + min(offset, limit)
+        at = lambda index: float(times[index - 1]) if index > 0 else 0.0
+        windows.append({
+            "t_equil_ps": at(start), "t_equil_detected_ps": at(first + offset),
+            "equilibration_capped": offset > limit, "start_index": start,
             "n_samples": int(len(times) - start), "length_ps": float(times[-1]),
             "production_ps": float(times[-1]) - at(start), "ns_per_day": float(np.median(table["ns_per_day"])),
-            "series": {name: np.asarray(values[start:], dtype=float) for name, values in observables.items()}}
+            "series": {name: np.asarray(v[start:], dtype=float) for name, v in values.items()}})
+    return windows
 
 
 def estimate_phases(phases: list[dict]) -> None:
@@ -257,19 +266,19 @@ def analyse_replicas(protocol: LiquidProtocol, indices: list[int]) -> list[dict]
     as one protocol run: liquid (and gas) phase statistics, density, ΔHvap and the pV term, and
     each replica's convergence verdict."""
     s = protocol.settings
-    entries, liquids, gases = [], [], []
-    for replica in indices:
-        folder = protocol.replica_dir(replica)
-        table = read_thermo(folder / "liquid" / "thermo.csv")
-        liquids.append(production_window(table, s.equilibration, {
-            "density": table["density_g_cm3"], "potential_per_molecule": table["potential_kJ_mol"] / s.n_molecules,
-            "volume_nm3": table["volume_nm3"]}))
-        entry = {"replica": replica, "liquid": liquids[-1]}
-        if s.needs_gas:
-            gas_table = read_thermo(folder / "gas" / "thermo.csv")
-            gases.append(production_window(gas_table, s.gas_equilibration, {"potential": gas_table["potential_kJ_mol"]}))
-            entry["gas"] = gases[-1]
-        entries.append(entry)
+    folders = [protocol.replica_dir(replica) for replica in indices]
+    tables = [read_thermo(folder / "liquid" / "thermo.csv") for folder in folders]
+    liquids = production_windows(tables, s.equilibration, [{
+        "density": t["density_g_cm3"], "potential_per_molecule": t["potential_kJ_mol"] / s.n_molecules,
+        "volume_nm3": t["volume_nm3"]} for t in tables])
+    entries = [{"replica": replica, "liquid": liquid} for replica, liquid in zip(indices, liquids)]
+    gases = []
+    if s.needs_gas:
+        tables = [read_thermo(folder / "gas" / "thermo.csv") for folder in folders]
+        gases = production_windows(tables, s.gas_equilibration, [{"potential": t["potential_kJ_mol"]}
+                                                                  for t in tables])
+        for entry, gas in zip(entries, gases):
+            entry["gas"] = gas
     estimate_phases(liquids)
     if gases:
         estimate_phases(gases)
@@ -296,7 +305,10 @@ def replica_problems(entry: dict, s: ProtocolSettings) -> list[tuple[str, str]]:
         phases.append(("gas", entry["gas"], ["potential"]))
     problems = []
     for phase_name, phase, names in phases:
+        relaxing = analysis.relaxing_problem(phase)
+        if relaxing:
+            problems.append((phase_name, f"{phase_name} (all replicas): {relaxing}"))
         for name in names:
             problems += [(phase_name, f"replica {entry['replica'] + 1} {phase_name} {name}: {p}")
-                         for p in analysis.convergence_problems(phase[name], phase)]
+                         for p in analysis.convergence_problems(phase[name])]
     return problems

@@ -205,7 +205,7 @@ def summary_table(report: dict) -> str:
 
 def convergence(results: dict, settings) -> dict:
     """The report's verdict: converged by the rule of ``analysis.CONVERGENCE_RULE``?"""
-    problems = [p for r in results["replicas"] for p in r["problems"]]
+    problems = list(dict.fromkeys(p for r in results["replicas"] for p in r["problems"]))
     return {"converged": not problems, "problems": problems, "rule": analysis.CONVERGENCE_RULE,
             "smoke_test": bool(settings.quick)}
 
@@ -254,8 +254,9 @@ def write_outputs(protocol, results: dict) -> dict:
         "rdf": {"site": rdf["site"], "frames": rdf["frames"], "file": "rdf.csv"},
         "settings": asdict(s), "model": model_info(protocol), "versions": versions(),
         "wall_time_s": protocol.wall_time(), "plots": files,
-        "uncertainty_method": "per replica: after pymbar equilibration detection (at most half the "
-                              "production discarded), stderr = max(s*sqrt(g/n), block-average errors "
+        "uncertainty_method": "per replica: after the equilibration detected jointly over the "
+                              "replicas (Chodera 2016's criterion with the replicas' mean statistical "
+                              "inefficiency; at most half the production discarded), stderr = max(s*sqrt(g/n), block-average errors "
                               "with 5/8/10 blocks) x Student-t factor for n_eff-1 dof, g pooled over "
                               "the run's replicas when there are several; run: with >= 3 replicas the "
                               "larger of the propagated per-replica errors and the scatter of "

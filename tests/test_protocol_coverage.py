@@ -42,7 +42,7 @@ def test_too_short_series_are_not_converged():
     phi = math.exp(-1 / 10)
     series = lfilter([1.0], [1.0, -phi], rng.normal(size=60))
     estimate = analysis.estimate(series).as_dict()
-    problems = analysis.convergence_problems(estimate, {"equilibration_capped": False})
+    problems = analysis.convergence_problems(estimate)
     assert problems and "effective samples (need >= 20)" in problems[0]
 
 
@@ -78,7 +78,7 @@ def test_gas_monomer_md_intervals_cover_the_long_run_mean():
     estimates = []
     for seed in range(100, 160):
         series = potential_series(seed, 200)
-        start = min(analysis.detect_equilibration(series), 100)
+        start = min(analysis.detect_equilibration([series]), 100)
         estimates.append(analysis.estimate(series[start:]))
     assert abs(truth - 1.5 * 8.314462618e-3 * 298.15) < 0.15  # ~3/2 kT for three internal modes
     # MD trajectories differ between CPUs: a 1-in-1000 band keeps the verdict machine-independent
