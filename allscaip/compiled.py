@@ -1,16 +1,17 @@
 """``torch.compile`` (inductor) of the model's energy for eager callers: the ASE calculator,
 OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=True``.
 
-- A molecule (no periodic axis): the whole call, featurization included, with inductor's C++
-  wrapper. Up to k + delta atoms the graph has fixed shapes (``graph.molecule_graph``), so the
-  call is one graph that compiles once; larger molecules are split by dynamo where the graph
-  builder's sizes depend on the data. This is where compilation pays most: a small molecule's
-  call is per-operation overhead (a gas-phase water: ~3x faster per call, ``compile_probe.py
-  --gas``; ~4x per OpenMM step against TorchForce, ``bench_openmm.py --gas``).
+- A molecule of at most k + delta atoms (no periodic axis): energy and gradients in one graph.
+  Its neighbour graph has fixed shapes (``graph.molecule_graph``), so ``torch.func``'s
+  ``grad_and_value`` of the whole call, featurization included, compiles (with inductor's C++
+  wrapper) into one graph that holds the backward too and runs without the autograd engine.
+  This is where compilation pays most: a small molecule's call is per-operation overhead
+  (``compile_probe.py --gas``, ``bench_openmm.py --gas``).
+- A larger molecule: the whole energy call compiled, forces by autograd through it; dynamo
+  splits it where the graph builder's sizes depend on the data.
 - A periodic system: the attention blocks and the energy head only. Its graph's sizes change
   every step, so featurization stays eager; a new atom count or slot count P compiles again.
 
-Forces come from autograd through the compiled graphs (inductor compiles the backward too).
 Inference only: force training differentiates twice, which compiled graphs do not support.
 """
 
@@ -21,6 +22,8 @@ import time
 import warnings
 
 import torch
+
+from allscaip.graph import has_fixed_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class CompiledEnergy:
         self.failed = False
         self._network = None
         self._whole = None
+        self._fused = None
 
     def __getstate__(self) -> dict:
         """Picklable (PythonForce Systems are serialised): the compiled code is rebuilt on use."""
@@ -68,18 +72,67 @@ class CompiledEnergy:
             self._network = torch.compile(self.model.network_energy, backend=self._backend, dynamic=False)
         return self._network(x, inputs)
 
+    def _molecule_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan):
+        """Raw energy and its gradients with respect to the positions and the strain."""
+        from allscaip.model import apply_strain
+
+        def energy(p, s):
+            strained_positions, strained_cell = apply_strain(p, cell, s)
+            return self.eager_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
+
+        gradients, value = torch.func.grad_and_value(energy, argnums=(0, 1))(positions, strain)
+        return value, gradients
+
+    def energy_and_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan,
+                             inputs: list) -> tuple:
+        """Raw energy and its gradients with respect to ``inputs``: ``positions`` and, when the
+        virial is wanted, ``strain`` (both leaves that require grad; see ``AllScAIP.forward``).
+        A fixed-shape molecule runs ``_molecule_gradients`` compiled, everything else
+        ``__call__`` and autograd."""
+        from allscaip.model import apply_strain
+
+        backbone = self.model.backbone
+        if inputs and not self.failed and has_fixed_shapes(positions.shape[0], plan, backbone.knn_k,
+                                                           backbone.knn_delta):
+            def fused():
+                if self._fused is None:  # one graph per atom count; automatic dynamic shapes after
+                    self._fused = torch.compile(self._molecule_gradients, backend=self._molecule_backend)
+                with torch.no_grad():
+                    value, gradients = self._fused(positions.detach(), strain.detach(), atomic_numbers, cell,
+                                                   pbc, charge, spin, plan)
+                return value, list(gradients[:len(inputs)])
+
+            def eager():
+                strained_positions, strained_cell = apply_strain(positions, cell, strain)
+                value = self.eager_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
+                return value, list(torch.autograd.grad([value], inputs))
+
+            return self._guarded(fused, eager, positions.shape[0])
+        strained_positions, strained_cell = apply_strain(positions, cell, strain)
+        value = self(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
+        return value, list(torch.autograd.grad([value], inputs)) if inputs else []
+
     def __call__(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
+        """Raw energy of strained positions and cell, differentiable by autograd."""
         arguments = (positions, atomic_numbers, cell, pbc, charge, spin, plan)
         if self.failed:
             return self.eager_energy(*arguments)
+
+        def compiled():
+            if any(plan.periodic):
+                return self._periodic_energy(*arguments)
+            if self._whole is None:  # automatic dynamic shapes: a molecule whose graph grows recompiles once
+                self._whole = torch.compile(self.eager_energy, backend=self._molecule_backend)
+            return self._whole(*arguments)
+
+        return self._guarded(compiled, lambda: self.eager_energy(*arguments), positions.shape[0])
+
+    def _guarded(self, compiled, eager, n_atoms: int):
+        """``compiled()``, timing any compilation it triggers; on any failure to compile warn
+        once, run ``eager()`` and never try again."""
         before, start = self.compilations, time.perf_counter()
         try:
-            if any(plan.periodic):
-                energy = self._periodic_energy(*arguments)
-            else:
-                if self._whole is None:  # automatic dynamic shapes: a molecule whose graph grows recompiles once
-                    self._whole = torch.compile(self.eager_energy, backend=self._molecule_backend)
-                energy = self._whole(*arguments)
+            result = compiled()
         except Exception as error:  # noqa: BLE001 -- any compiler failure: fall back, say why
             self.failed = True
             cause: BaseException = error
@@ -90,10 +143,10 @@ class CompiledEnergy:
                 cause = inner
             reason = (str(cause).strip().splitlines() or [""])[0]
             warnings.warn(f"torch.compile of the AllScAIP model failed ({type(cause).__name__}: {reason}); "
-                          "continuing without compilation", RuntimeWarning, stacklevel=2)
-            return self.eager_energy(*arguments)
+                          "continuing without compilation", RuntimeWarning, stacklevel=3)
+            return eager()
         if self.compilations > before:
             self.compile_seconds.append(time.perf_counter() - start)
             logger.info("compiled the AllScAIP model (%d graphs) for %d atoms in %.1f s",
-                        self.compilations - before, positions.shape[0], self.compile_seconds[-1])
-        return energy
+                        self.compilations - before, n_atoms, self.compile_seconds[-1])
+        return result

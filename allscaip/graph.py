@@ -250,6 +250,12 @@ def molecule_graph(positions: torch.Tensor, cutoff: float, knn_k: int, rank_scal
                          to_dst, to_src)
 
 
+def has_fixed_shapes(n_atoms: int, plan: CellPlan, knn_k: int, knn_delta: int) -> bool:
+    """Whether a system's graph is ``molecule_graph``'s: no periodic axis, at most k + delta
+    atoms (its shapes depend on the atom count only)."""
+    return not any(plan.periodic) and n_atoms <= knn_k + knn_delta
+
+
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
                          cutoff: float, knn_k: int, rank_scale: float = 0.2,
                          lse_scale: float = 0.1, knn_delta: int = 20,
@@ -260,10 +266,9 @@ def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch
     pbc: (3,) bool. Periodic axes need a non-singular cell. ``plan``: ``cell_plan`` of this
     cell, when the caller has it already.
     """
-    n_atoms = positions.shape[0]
     if plan is None:
         plan = cell_plan(cell, pbc, cutoff, cutoff + 4.0 * rank_scale)
-    if not any(plan.periodic) and n_atoms <= knn_k + knn_delta:
+    if has_fixed_shapes(positions.shape[0], plan, knn_k, knn_delta):
         return molecule_graph(positions, cutoff, knn_k, rank_scale, lse_scale)
     return searched_graph(positions, cell, pbc, cutoff, knn_k, rank_scale, lse_scale, knn_delta, plan)
 

@@ -419,11 +419,14 @@ class AllScAIP(nn.Module):
         return self
 
     @torch.jit.unused
-    def compiled_energy(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
-                        pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor, plan: CellPlan
-                        ) -> torch.Tensor:
-        """Raw energy through ``compile_network``'s compiled code (eager only)."""
-        return self.compiled(positions, atomic_numbers, cell, pbc, charge, spin, plan)
+    def compiled_energy_and_gradients(self, positions: torch.Tensor, strain: torch.Tensor,
+                                      atomic_numbers: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                                      charge: torch.Tensor, spin: torch.Tensor, plan: CellPlan,
+                                      inputs: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """Raw energy of the strained system and its gradients with respect to ``inputs``
+        through ``compile_network``'s compiled code (eager only)."""
+        return self.compiled.energy_and_gradients(positions, strain, atomic_numbers, cell, pbc, charge, spin,
+                                                  plan, inputs)
 
     def network_energy(self, x: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
         """Raw (normalised) energy from the initial slot states and the blocks' other inputs:
@@ -524,10 +527,8 @@ class AllScAIP(nn.Module):
                                           plan)
                     raw_energy = self.energy_head(nodes).sum()
         elif self.use_compiled and conserving and not self.training and not torch.jit.is_scripting():
-            raw_energy = self.compiled_energy(strained_positions, atomic_numbers, strained_cell, pbc,
-                                              charge, spin, plan)
-            if len(inputs) > 0:
-                grads = torch.autograd.grad([raw_energy], inputs)
+            raw_energy, grads = self.compiled_energy_and_gradients(wrapped, strain, atomic_numbers, cell, pbc,
+                                                                   charge, spin, plan, inputs)
         else:
             nodes = self.backbone(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
             raw_energy = self.energy_head(nodes).sum()

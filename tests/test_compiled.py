@@ -43,9 +43,9 @@ def energies_and_forces(calculator, frames):
 
 @pytest.mark.slow
 def test_compiled_molecule_equals_eager_and_compiles_once_in_a_steady_run():
-    """A molecule's whole call, featurization included, is compiled as one graph on the first
-    call (~1-2 min on 2 cores); every later call reuses it. float64
-    energies and forces equal the eager model's to round-off (observed: 1e-15; the golden
+    """A molecule's energy and gradients, featurization included, are compiled as one graph
+    (``torch.func.grad_and_value``) on the first call (~1-2 min on 2 cores); every later call
+    reuses it. float64 energies, forces and virials equal the eager model's to round-off (observed: 1e-15; the golden
     random-weight models, whose harmonics to l = 9 amplify round-off, differ by 3e-8 eV in
     2068 eV, as they do between CPUs)."""
     frames = rattled_waters(5)
@@ -56,10 +56,19 @@ def test_compiled_molecule_equals_eager_and_compiles_once_in_a_steady_run():
     network = compiled.model.compiled
     assert not network.failed
     assert network.compilations == 1  # one graph: the molecule's graph has fixed shapes
+    assert network._whole is None  # the gradients came from the fused graph, not autograd
     assert len(network.compile_seconds) == 1  # only the first call compiled
     for (e_eager, f_eager), (e_compiled, f_compiled) in zip(expected, found):
         assert e_compiled == pytest.approx(e_eager, abs=1e-10)
         np.testing.assert_allclose(f_compiled, f_eager, rtol=0, atol=1e-10)
+    atoms = frames[0]
+    inputs = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.zeros(3, 3, dtype=torch.float64),
+              torch.tensor([False] * 3), torch.tensor(0), torch.tensor(1))
+    _, forces, virial = compiled.model(*inputs, True, True)
+    _, eager_forces, eager_virial = eager.model(*inputs, True, True)
+    torch.testing.assert_close(virial, eager_virial.detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(forces, eager_forces, rtol=0, atol=1e-10)
+    assert network.compilations == 1
     restored = pickle.loads(pickle.dumps(compiled.model))  # PythonForce Systems are pickled
     assert restored.use_compiled and restored.compiled.compilations == 0
 
