@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "run loses at most M minutes (default 10)")
     train.set_defaults(handler=_run_train)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="a model's errors on labelled frames (energy, forces, stress)",
+        description="Energy MAE/RMSE per atom, force MAE/RMSE and RMSE / RMS force, stress MAE and "
+                    "MAE / spread of the labels, as a markdown table (one row per data set). For "
+                    "frames no model has seen, generate them with `allscaip datagen spcfw --seed S` "
+                    "and a seed that made no training data.")
+    evaluate.add_argument("model", help="AllScAIP model file")
+    evaluate.add_argument("data", nargs="+", help="frames: a folder of npz shards, an npz shard or extended XYZ")
+    evaluate.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    evaluate.add_argument("--max-atoms", type=int, default=1000, help="atoms per batched model call")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(handler=_run_evaluate)
+
     openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
     openmm_commands = openmm_parser.add_subparsers(dest="openmm_command", required=True, metavar="COMMAND")
     run = openmm_commands.add_parser(
@@ -171,6 +184,30 @@ def _run_train(args: argparse.Namespace) -> int:
 
     train(load_config(args.config), args.output, resume=args.resume,
           checkpoint_seconds=60.0 * args.checkpoint_minutes)
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from allscaip.data import read_frames
+    from allscaip.evaluate import error_metrics, frame_tensors, metrics_table
+    from allscaip.io import load_model
+
+    dtype = getattr(torch, args.dtype)
+    model = load_model(args.model, dtype=dtype)
+    rows = {}
+    for path in args.data:
+        frames = read_frames(path)
+        if not frames:
+            raise ValueError(f"{path} holds no frames")
+        rows[path] = error_metrics(model, [frame_tensors(f, dtype) for f in frames], args.max_atoms)
+    print(metrics_table(rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"model": args.model, "dtype": args.dtype, "sets": rows}, handle, indent=1)
     return 0
 
 

@@ -4,9 +4,10 @@ Runs many independent short replicas of the liquid protocol with the classical S
 field (64 waters, the protocol's own boxes, thermostat, barostat and analysis), at two run
 lengths, plus a few long runs that define the "truth" for the same set-up. Then it analyses
 every replica with the protocol's estimator (``allscaip.protocols.protocol.analyse_replicas``):
-alone, as a one-replica run, and in groups of four, as a ``--replicas 4`` run. It reports, for density and ΔHvap, the fraction of replicas whose ±1σ interval contains the
-truth (expected 0.68, with its binomial 95 % band), the z-score distribution and the
-convergence verdicts.
+alone, as a one-replica run, and in consecutive groups of ``--group`` (default 4), as a
+``--replicas 4`` run. It reports, for density and ΔHvap, the fraction of replicas whose ±1σ
+interval contains the truth (expected 0.68, with its binomial 95 % band), the z-score
+distribution and the convergence verdicts.
 
     .venv/bin/python benchmarks/protocol_coverage.py --out runs/coverage          # ~1 h, 2 cores
     .venv/bin/python benchmarks/protocol_coverage.py --out runs/coverage --analyse-only
@@ -78,27 +79,26 @@ def binomial_band(n: int, p: float = P_NOMINAL) -> tuple[float, float]:
     return float(binom.ppf(0.025, n, p) / n), float(binom.ppf(0.975, n, p) / n)
 
 
-GROUP = 4  # replicas per simulated multi-replica protocol run
 
 
-def coverage_rows(protocol: LiquidProtocol, reference: dict) -> list[dict]:
+def coverage_rows(protocol: LiquidProtocol, reference: dict, group: int) -> list[dict]:
     """Rows for one replica set: every replica as a one-replica run; consecutive groups of
-    GROUP replicas as ``--replicas GROUP`` runs (the run's combined value, and each replica's
+    ``group`` replicas as ``--replicas group`` runs (the run's combined value, and each replica's
     own interval inside such a run)."""
     s = protocol.settings
     single = [analyse_replicas(protocol, [r])[0] for r in range(s.replicas)]
-    groups = [analyse_replicas(protocol, list(range(k, k + GROUP)))
-              for k in range(0, s.replicas - GROUP + 1, GROUP)] if s.replicas >= 2 * GROUP else []
+    groups = [analyse_replicas(protocol, list(range(k, k + group)))
+              for k in range(0, s.replicas - group + 1, group)] if s.replicas >= 2 * group else []
     length = f"{s.equilibration:g}+{s.production:g} ps"
     rows = []
     for key, label in (("density_g_cm3", "density"), ("hvap_kj_mol", "ΔHvap")):
         rows.append(coverage_row(f"{length}, 1-replica runs", label,
                                  [dict(r[key], converged=r["converged"]) for r in single], reference[key]))
         if groups:
-            rows.append(coverage_row(f"{length}, replicas of {GROUP}-replica runs", label,
+            rows.append(coverage_row(f"{length}, replicas of {group}-replica runs", label,
                                      [dict(r[key], converged=r["converged"]) for g in groups for r in g],
                                      reference[key]))
-            rows.append(coverage_row(f"{length}, {GROUP}-replica runs", label, [
+            rows.append(coverage_row(f"{length}, {group}-replica runs", label, [
                 dict(analysis.combine_replicas([(r[key]["mean"], r[key]["stderr"]) for r in g]),
                      converged=all(r["converged"] for r in g)) for g in groups], reference[key]))
     return rows
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth-replicas", type=int, default=6)
     parser.add_argument("--truth-production", type=float, default=250.0)
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--group", type=int, default=4, help="replicas per multi-replica run analysed")
     args = parser.parse_args(argv)
 
     truth_settings = settings_for(args.out / "truth", 20.0, args.truth_production, 1000.0,
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     protocols = [simulate(s, quiet=True) if not args.analyse_only else LiquidProtocol(s)
                  for s in [truth_settings] + sets]
     reference = truth(protocols[0])
-    rows = [row for protocol in protocols[1:] for row in coverage_rows(protocol, reference)]
+    rows = [row for protocol in protocols[1:] for row in coverage_rows(protocol, reference, args.group)]
     print(f"truth ({reference['replicas']} x {reference['production_ps']:g} ps, SPC/Fw, {N_MOLECULES} waters): "
           f"density {reference['density_g_cm3'][0]:.4f} ± {reference['density_g_cm3'][1]:.4f} g/cm3, "
           f"ΔHvap {reference['hvap_kj_mol'][0]:.2f} ± {reference['hvap_kj_mol'][1]:.2f} kJ/mol")

@@ -1,0 +1,50 @@
+"""`allscaip evaluate`: a model's errors on labelled frames, as a table and as JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from allscaip.data import read_frames, write_shard
+from allscaip.evaluate import error_metrics, frame_tensors
+from allscaip.io import load_model
+
+ROOT = Path(__file__).parents[1]
+MODEL = ROOT / "models" / "allscaip-spcfw-water" / "model.pt"
+TEST_SET = ROOT / "datasets" / "spcfw-test-v2"
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "allscaip.cli", "evaluate", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_reports_the_metrics_of_each_set(tmp_path):
+    liquid = read_frames(TEST_SET / "liquid-0000.npz")[:2]  # a box with stress labels
+    monomer = read_frames(TEST_SET / "monomer-0001.npz")[:3]
+    write_shard(liquid, tmp_path / "liquid" / "a.npz")
+    write_shard(monomer, tmp_path / "monomer.npz")
+    result = evaluate(str(MODEL), str(tmp_path / "liquid"), str(tmp_path / "monomer.npz"),
+                      "--json", str(tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.splitlines()
+    assert table[0].startswith("| set | frames | E MAE (meV/atom)")
+    assert len(table) == 4 and "liquid" in table[2] and "monomer" in table[3]
+    found = json.loads((tmp_path / "metrics.json").read_text())["sets"]
+    model = load_model(str(MODEL), dtype=torch.float64)
+    expected = error_metrics(model, [frame_tensors(f) for f in liquid])
+    for key, value in expected.items():
+        assert found[str(tmp_path / "liquid")][key] == pytest.approx(value, rel=1e-9)
+    assert "stress_mae_mev_a3" not in found[str(tmp_path / "monomer.npz")]  # no stress in the gas phase
+    assert found[str(tmp_path / "monomer.npz")]["frames"] == 3
+
+
+def test_evaluate_names_a_missing_data_set(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = evaluate(str(MODEL), str(empty))
+    assert result.returncode == 2
+    assert f"{empty} holds no frames" in result.stderr
