@@ -13,6 +13,7 @@
   and epoch; the rotation stream's state is saved).
   ``--resume`` with a config that differs only in ``optim.epochs`` extends (or shortens) the run:
   the cosine restarts from the current learning rate and ends at the minimum on the new last step.
+  ``threads`` and ``device`` may change too (a run moved to a lent GPU or another machine).
 - Every optimiser step evaluates its frames in one batched model call (``allscaip.batch``).
 - Data parallel under ``torchrun``: every rank takes a slice of each global batch, gradients
   are summed with all-reduce (gloo on CPU, nccl on GPU), so the run equals one process with
@@ -296,9 +297,11 @@ class Trainer:
         if state.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
             raise ValueError(f"--resume: the training frames differ from those {path} was trained on")
         saved_epochs, wanted_epochs = saved["optim"]["epochs"], wanted["optim"]["epochs"]
-        if {**saved, "optim": {**saved["optim"], "epochs": wanted_epochs}} != wanted:
+        execution = {key: wanted[key] for key in EXECUTION_KEYS if key in wanted}
+        if {**saved, **execution, "optim": {**saved["optim"], "epochs": wanted_epochs}} != wanted:
             raise ValueError(f"--resume: {path} was written with a different training config "
-                             "(only optim.epochs may change, to extend the run)")
+                             f"(only optim.epochs may change, to extend the run, and the execution "
+                             f"settings {', '.join(EXECUTION_KEYS)})")
         if wanted_epochs < state["epoch"]:
             raise ValueError(f"--resume: the run has done {state['epoch']} epochs already; "
                              f"optim.epochs = {wanted_epochs} would end it in the past")
@@ -388,6 +391,11 @@ class Trainer:
         if self.progress:
             print(table)
         return results
+
+
+# How a run executes, not what it computes: a resumed run may take other threads or another
+# device (a lent GPU), which changes round-off only.
+EXECUTION_KEYS = ("threads", "device")
 
 
 def portable(config: dict) -> dict:

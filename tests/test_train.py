@@ -160,6 +160,10 @@ def test_resume_with_more_epochs_extends_the_schedule_continuously(water_data, t
     assert again.learning_rate(now + 3) == pytest.approx(extended.learning_rate(now + 3), rel=1e-12)
     with pytest.raises(ValueError, match="only optim.epochs may change"):
         Trainer(config(9, max_atoms=30), tmp_path, progress=False).resume()
+    other_threads, threads = config(8), torch.get_num_threads()
+    other_threads.threads = 2  # an execution setting: may change
+    Trainer(other_threads, tmp_path, progress=False).resume()
+    torch.set_num_threads(threads)
     moved = tmp_path / "elsewhere" / water_data.name  # the same frames in another checkout: fine
     moved.parent.mkdir()
     moved.write_bytes(water_data.read_bytes())
