@@ -1,7 +1,8 @@
 """``torch.compile`` (inductor) of the model's energy for eager callers: the ASE calculator,
 OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=True``.
 
-- A molecule of at most k + delta atoms (no periodic axis): energy and gradients in one graph.
+- A molecule of at most k + delta atoms (no periodic axis): energy and gradients in one graph
+  (one per atom count; if it does not compile, the next path below with a warning).
   Its neighbour graph has fixed shapes (``graph.molecule_graph``), so ``torch.func``'s
   ``grad_and_value`` of the whole call, featurization included, compiles (with inductor's C++
   wrapper) into one graph that holds the backward too and runs without the autograd engine.
@@ -37,7 +38,8 @@ class CompiledEnergy:
         self.model = model
         self.compilations = 0  # graphs inductor compiled (a steady run adds none)
         self.compile_seconds: list[float] = []  # wall time of each call that compiled
-        self.failed = False
+        self.failed = False  # no compilation works: eager from then on
+        self.fused_failed = False  # the fused molecule graph does not compile: autograd through __call__
         self._network = None
         self._whole = None
         self._fused = None
@@ -87,27 +89,29 @@ class CompiledEnergy:
                              inputs: list) -> tuple:
         """Raw energy and its gradients with respect to ``inputs``: ``positions`` and, when the
         virial is wanted, ``strain`` (both leaves that require grad; see ``AllScAIP.forward``).
-        A fixed-shape molecule runs ``_molecule_gradients`` compiled, everything else
-        ``__call__`` and autograd."""
+        A fixed-shape molecule runs ``_molecule_gradients`` compiled (a graph per atom count);
+        everything else, and a molecule whose fused graph failed to compile, ``__call__`` and
+        autograd."""
         from allscaip.model import apply_strain
 
         backbone = self.model.backbone
-        if inputs and not self.failed and has_fixed_shapes(positions.shape[0], plan, backbone.knn_k,
-                                                           backbone.knn_delta):
+        if (inputs and not self.failed and not self.fused_failed
+                and has_fixed_shapes(positions.shape[0], plan, backbone.knn_k, backbone.knn_delta)):
             def fused():
-                if self._fused is None:  # one graph per atom count; automatic dynamic shapes after
-                    self._fused = torch.compile(self._molecule_gradients, backend=self._molecule_backend)
+                if self._fused is None:
+                    self._fused = torch.compile(self._molecule_gradients, backend=self._molecule_backend,
+                                                dynamic=False)
                 with torch.no_grad():
                     value, gradients = self._fused(positions.detach(), strain.detach(), atomic_numbers, cell,
                                                    pbc, charge, spin, plan)
                 return value, list(gradients[:len(inputs)])
 
-            def eager():
-                strained_positions, strained_cell = apply_strain(positions, cell, strain)
-                value = self.eager_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
-                return value, list(torch.autograd.grad([value], inputs))
+            def unfused():
+                return self.energy_and_gradients(positions, strain, atomic_numbers, cell, pbc, charge, spin,
+                                                 plan, inputs)
 
-            return self._guarded(fused, eager, positions.shape[0])
+            return self._guarded(fused, unfused, positions.shape[0], "fused_failed",
+                                 "continuing with the compiled energy and autograd forces")
         strained_positions, strained_cell = apply_strain(positions, cell, strain)
         value = self(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
         return value, list(torch.autograd.grad([value], inputs)) if inputs else []
@@ -125,16 +129,18 @@ class CompiledEnergy:
                 self._whole = torch.compile(self.eager_energy, backend=self._molecule_backend)
             return self._whole(*arguments)
 
-        return self._guarded(compiled, lambda: self.eager_energy(*arguments), positions.shape[0])
+        return self._guarded(compiled, lambda: self.eager_energy(*arguments), positions.shape[0], "failed",
+                             "continuing without compilation")
 
-    def _guarded(self, compiled, eager, n_atoms: int):
+    def _guarded(self, compiled, fallback, n_atoms: int, flag: str, instead: str):
         """``compiled()``, timing any compilation it triggers; on any failure to compile warn
-        once, run ``eager()`` and never try again."""
+        once (saying what runs ``instead``), set the attribute ``flag`` so that this path is not
+        tried again, and return ``fallback()``."""
         before, start = self.compilations, time.perf_counter()
         try:
             result = compiled()
         except Exception as error:  # noqa: BLE001 -- any compiler failure: fall back, say why
-            self.failed = True
+            setattr(self, flag, True)
             cause: BaseException = error
             while True:  # dynamo wraps the compiler's own error
                 inner = getattr(cause, "inner_exception", None) or cause.__cause__
@@ -143,8 +149,8 @@ class CompiledEnergy:
                 cause = inner
             reason = (str(cause).strip().splitlines() or [""])[0]
             warnings.warn(f"torch.compile of the AllScAIP model failed ({type(cause).__name__}: {reason}); "
-                          "continuing without compilation", RuntimeWarning, stacklevel=3)
-            return eager()
+                          f"{instead}", RuntimeWarning, stacklevel=3)
+            return fallback()
         if self.compilations > before:
             self.compile_seconds.append(time.perf_counter() - start)
             logger.info("compiled the AllScAIP model (%d graphs) for %d atoms in %.1f s",
