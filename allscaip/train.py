@@ -15,8 +15,8 @@
   the cosine restarts from the current learning rate and ends at the minimum on the new last step.
   ``threads`` and ``device`` may change too (a run moved to a lent GPU or another machine).
 - Every optimiser step evaluates its frames in one batched model call (``allscaip.batch``).
-- Data parallel under ``torchrun``: every rank takes a slice of each global batch, gradients
-  are summed with all-reduce (gloo on CPU, nccl on GPU), so the run equals one process with
+- Data parallel under ``torchrun``: every rank takes a share of each global batch (``deal``:
+  balanced by atoms), gradients are summed with all-reduce (gloo on CPU, nccl on GPU), so the run equals one process with
   the same global batch.
 - Output folder: ``model.pt`` (best EMA weights), ``checkpoint.pt``, ``history.csv``,
   ``learning_curve.png`` (validation errors vs optimiser steps, redrawn every epoch),
@@ -170,7 +170,7 @@ class Trainer:
         n_stress = sum(9 for f in batch if f.stress is not None and not self.model.direct_forces)
         energy_sum = force_sum = stress_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         mine = []  # this rank's frames, all evaluated in one batched model call
-        for index in range(self.rank, len(batch), self.world):
+        for index in deal([f.n_atoms for f in batch], self.world)[self.rank]:
             frame = frame_on(batch[index], self.device)
             mine.append(frame if rotations[index] is None else rotate(frame, rotations[index].to(self.device)))
         if mine:
@@ -391,6 +391,19 @@ class Trainer:
         if self.progress:
             print(table)
         return results
+
+
+def deal(sizes: list[int], ranks: int) -> list[list[int]]:
+    """Indices of a global batch's frames for each rank: largest frame first, each to the rank
+    with the fewest atoms so far (ties to the lower rank), so that the step, which waits for
+    the busiest rank, waits least (benchmarks/ddp_balance.py). Every rank computes the same
+    deal."""
+    loads, hands = [0] * ranks, [[] for _ in range(ranks)]
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = loads.index(min(loads))
+        hands[rank].append(index)
+        loads[rank] += sizes[index]
+    return [sorted(hand) for hand in hands]
 
 
 # How a run executes, not what it computes: a resumed run may take other threads or another

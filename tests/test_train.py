@@ -242,3 +242,15 @@ def test_cuda_training_without_a_gpu_says_so():
 
     with pytest.raises(RuntimeError, match="no CUDA device"):
         training_device("cuda")
+
+
+def test_deal_gives_every_frame_to_one_rank_and_balances_atoms():
+    from allscaip.train import deal
+
+    sizes = [648, 3, 48, 96, 6, 192, 3, 24]  # one big box and small frames, as in a real batch
+    hands = deal(sizes, 2)
+    assert sorted(i for hand in hands for i in hand) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in hand) for hand in hands]
+    assert loads == [648, 372]  # round-robin would give 705 and 315
+    assert deal(sizes, 1) == [list(range(len(sizes)))]
+    assert deal([5], 2) == [[0], []]  # a rank may get nothing (it still joins the all-reduce)
