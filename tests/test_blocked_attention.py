@@ -206,8 +206,8 @@ def test_local_model_forces_match_finite_differences():
         plus, minus = positions.clone(), positions.clone()
         plus[atom, axis] += step
         minus[atom, axis] -= step
-        e_plus = float(model(plus, *inputs[1:], False, False)[0])
-        e_minus = float(model(minus, *inputs[1:], False, False)[0])
+        e_plus = float(model(plus, *inputs[1:], False, False)[0].detach())
+        e_minus = float(model(minus, *inputs[1:], False, False)[0].detach())
         assert -(e_plus - e_minus) / (2 * step) == pytest.approx(float(forces[atom, axis]), abs=1e-7)
 
 
