@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +99,41 @@ def make_phase(settings: ProtocolSettings, kind: str, pdb: Path, out: Path, step
                  max_temperature_factor=5.0 if liquid else 25.0, forcefield=settings.forcefield)
 
 
+def replica_folder(settings: ProtocolSettings, replica: int) -> Path:
+    return Path(settings.out) / f"replica-{replica}"
+
+
+def run_replica(settings: ProtocolSettings, replica: int, liquid_steps: int, gas_steps: int,
+                progress: Progress | None = None) -> None:
+    """Run (or continue) one replica's liquid and gas phases to the given lengths."""
+    progress = progress or Progress()
+    folder = replica_folder(settings, replica)
+    phases = [make_phase(settings, "liquid", folder / "box.pdb", folder / "liquid", liquid_steps,
+                         settings.seed + 2 * replica)]
+    if settings.needs_gas:
+        phases.append(make_phase(settings, "gas", Path(settings.out) / "gas.pdb", folder / "gas", gas_steps,
+                                 settings.seed + 2 * replica + 1))
+    for phase in phases:
+        progress.phase(f"replica {replica + 1}/{settings.replicas} {phase.name} {settings.engine}")
+        run_phase(settings.engine, phase, progress)
+
+
+def worker_threads(workers: int) -> int:
+    """Threads per worker process: an equal share of this process's torch threads."""
+    import torch
+
+    return max(1, torch.get_num_threads() // workers)
+
+
+def use_threads(threads: int) -> None:
+    """Worker initializer: torch, OpenMP and OpenMM's CPU platform use ``threads`` threads."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENMM_CPU_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def read_thermo(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -164,7 +202,7 @@ class LiquidProtocol:
 
     # -- running -------------------------------------------------------------------------
     def replica_dir(self, replica: int) -> Path:
-        return self.out / f"replica-{replica}"
+        return replica_folder(self.settings, replica)
 
     def prepare(self) -> None:
         s = self.settings
@@ -187,18 +225,25 @@ class LiquidProtocol:
         return total
 
     def run_phases(self, liquid_steps: int, gas_steps: int) -> None:
+        """Run every replica's phases to the given lengths: one after another, or with
+        ``workers`` > 1 that many replicas at once in worker processes."""
         s = self.settings
-        for replica in range(s.replicas):
-            folder = self.replica_dir(replica)
-            phases = [make_phase(s, "liquid", folder / "box.pdb", folder / "liquid", liquid_steps,
-                                 s.seed + 2 * replica)]
-            if s.needs_gas:
-                phases.append(make_phase(s, "gas", self.out / "gas.pdb", folder / "gas", gas_steps,
-                                         s.seed + 2 * replica + 1))
-            for phase in phases:
-                self.progress.phase(f"replica {replica + 1}/{s.replicas} {phase.name} {s.engine}")
-                run_phase(s.engine, phase, self.progress)
+        workers = min(s.workers, s.replicas)
+        if workers == 1:
+            for replica in range(s.replicas):
+                run_replica(s, replica, liquid_steps, gas_steps, self.progress)
                 self.wall_time()
+            return
+        threads = worker_threads(workers)
+        self.progress(f"{s.replicas} replicas on {workers} worker processes, {threads} thread(s) each")
+        # spawn, not fork: the parent may hold torch/OpenMP thread pools
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=use_threads, initargs=(threads,)) as pool:
+            jobs = [pool.submit(run_replica, s, replica, liquid_steps, gas_steps)
+                    for replica in range(s.replicas)]
+            for job in jobs:
+                job.result()  # re-raises a worker's error (e.g. SimulationExploded)
+        self.wall_time()
 
     def completed(self, kind: str) -> int:
         return min(completed_steps(self.replica_dir(r) / kind) for r in range(self.settings.replicas))

@@ -62,6 +62,7 @@ class ProtocolSettings:
     quick: bool = False
     forcefield: str | None = None  # classical potential (spcfw or an OpenMM XML) instead of a model
     compile: bool = False  # gas-phase molecule through PythonForce + torch.compile (openmm engine)
+    workers: int = 1  # replicas simulated at once, each in its own process (speed, not the run)
 
     @property
     def needs_gas(self) -> bool:
@@ -84,7 +85,7 @@ class ProtocolSettings:
         if self.compile and (self.engine != "openmm" or self.forcefield is not None):
             raise ValueError("--compile applies to a model on the openmm engine (its gas-phase molecule)")
         positive = ("n_molecules", "temperature", "timestep", "production", "report_interval",
-                    "replicas", "friction", "gas_friction")
+                    "replicas", "friction", "gas_friction", "workers")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -134,7 +135,7 @@ def merge_resumed(saved: ProtocolSettings, given: dict) -> ProtocolSettings:
             continue
         if key == "replicas" and value < values[key]:
             conflicts.append(f"--replicas {value} (the run has {values[key]}; replicas can be added, not dropped)")
-        elif key in EXTENDABLE or key in ("out", "compile"):  # compile changes speed, not the run
+        elif key in EXTENDABLE or key in ("out", "compile", "workers"):  # speed, not the run
             values[key] = value
         elif key == "hydrogen_mass" and value == 0 and values[key] is None:
             continue

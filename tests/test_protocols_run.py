@@ -114,6 +114,29 @@ def test_interrupted_run_resumes_without_losing_samples(tiny_model, tmp_path, mo
     assert target == {"tolerance": 1e-9, "met": False}
 
 
+def test_worker_processes_run_the_same_replicas(tiny_model, tmp_path, capsys):
+    """--workers 2 runs the replicas in two processes at once: the same trajectories as one
+    after another (deterministic Reference platform, one thread in both), and the report."""
+    def run(name, *extra):
+        out = tmp_path / name
+        args = ["protocol", "density", *SHORT, "--replicas", "2", "--platform", "Reference",
+                "--model", tiny_model, "--out", str(out), *extra]
+        assert main(args) == 0
+        tables = [rows(out / f"replica-{r}" / "liquid" / "thermo.csv") for r in range(2)]
+        for table in tables:
+            for row in table:
+                del row["ns_per_day"]
+        return tables, json.loads((out / "report.json").read_text())
+
+    serial, serial_report = run("serial")
+    assert "worker processes" not in capsys.readouterr().out
+    parallel, parallel_report = run("parallel", "--workers", "2")
+    assert "2 replicas on 2 worker processes, 1 thread(s) each" in capsys.readouterr().out
+    assert parallel == serial and serial[0] != serial[1]
+    assert parallel_report["density_g_cm3"] == serial_report["density_g_cm3"]
+    assert parallel_report["settings"]["workers"] == 2
+
+
 def test_lammps_engine_end_to_end_with_resume(tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "water-lammps"
     args = ["protocol", "liquid", *SHORT, "--engine", "lammps", "--model", tiny_model, "--out", str(out)]
