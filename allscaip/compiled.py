@@ -25,6 +25,7 @@ import warnings
 import torch
 
 from allscaip.graph import has_fixed_shapes
+from allscaip.model import apply_strain  # model.py imports this module lazily (no cycle)
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ class CompiledEnergy:
 
     def _molecule_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan):
         """Raw energy and its gradients with respect to the positions and the strain."""
-        from allscaip.model import apply_strain
-
         def energy(p, s):
             strained_positions, strained_cell = apply_strain(p, cell, s)
             return self.eager_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
@@ -92,8 +91,6 @@ class CompiledEnergy:
         A fixed-shape molecule runs ``_molecule_gradients`` compiled (a graph per atom count);
         everything else, and a molecule whose fused graph failed to compile, ``__call__`` and
         autograd."""
-        from allscaip.model import apply_strain
-
         backbone = self.model.backbone
         if (inputs and not self.failed and not self.fused_failed
                 and has_fixed_shapes(positions.shape[0], plan, backbone.knn_k, backbone.knn_delta)):
