@@ -63,8 +63,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
            "TorchForce, where compilation gains little)")
     a("--workers", type=int, help="replicas simulated at once, each in its own process with an equal "
       "share of the cores (default 1). On few cores small boxes use threads poorly: 2 workers "
-      "gave 1.4x the total ns/day of one 2-thread run (64 waters, 2 cores); use a multiple of "
-      "--workers replicas")
+      "gave 1.2-1.6x the total ns/day of one 2-thread run (64 waters, 2 cores)")
     a("--out", required=True, help="output folder")
     a("--quick", action="store_true", default=None, help=f"short demonstration preset ({quick})")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoints")

@@ -104,8 +104,11 @@ def replica_folder(settings: ProtocolSettings, replica: int) -> Path:
 
 
 def run_replica(settings: ProtocolSettings, replica: int, liquid_steps: int, gas_steps: int,
-                progress: Progress | None = None) -> None:
-    """Run (or continue) one replica's liquid and gas phases to the given lengths."""
+                progress: Progress | None = None, threads: int | None = None) -> None:
+    """Run (or continue) one replica's liquid and gas phases to the given lengths (in a
+    worker process: with ``threads`` threads)."""
+    if threads is not None:
+        use_threads(threads)
     progress = progress or Progress()
     folder = replica_folder(settings, replica)
     phases = [make_phase(settings, "liquid", folder / "box.pdb", folder / "liquid", liquid_steps,
@@ -118,11 +121,22 @@ def run_replica(settings: ProtocolSettings, replica: int, liquid_steps: int, gas
         run_phase(settings.engine, phase, progress)
 
 
-def worker_threads(workers: int) -> int:
-    """Threads per worker process: an equal share of this process's torch threads."""
+def available_threads() -> int:
+    """Threads this process may use (torch's intra-op count: the cores, or OMP_NUM_THREADS)."""
     import torch
 
-    return max(1, torch.get_num_threads() // workers)
+    return torch.get_num_threads()
+
+
+def replica_threads(replicas: int, workers: int, cores: int) -> list[int]:
+    """Threads of each replica's job when ``workers`` run at once: an equal share of the
+    cores; the jobs of an incomplete last round (replicas not a multiple of workers) run
+    with fewer beside them, so they share the cores among themselves."""
+    last_round = replicas % workers
+    shares = [max(1, cores // workers)] * (replicas - last_round)
+    if last_round:
+        shares += [max(1, cores // last_round)] * last_round
+    return shares
 
 
 def use_threads(threads: int) -> None:
@@ -234,13 +248,14 @@ class LiquidProtocol:
                 run_replica(s, replica, liquid_steps, gas_steps, self.progress)
                 self.wall_time()
             return
-        threads = worker_threads(workers)
-        self.progress(f"{s.replicas} replicas on {workers} worker processes, {threads} thread(s) each")
+        cores = available_threads()
+        shares = replica_threads(s.replicas, workers, cores)
+        self.progress(f"{s.replicas} replicas on {workers} worker processes, "
+                      f"{'/'.join(str(t) for t in sorted(set(shares)))} thread(s) each")
         # spawn, not fork: the parent may hold torch/OpenMP thread pools
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=use_threads, initargs=(threads,)) as pool:
-            jobs = [pool.submit(run_replica, s, replica, liquid_steps, gas_steps)
-                    for replica in range(s.replicas)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(run_replica, s, replica, liquid_steps, gas_steps, None, threads)
+                    for replica, threads in enumerate(shares)]
             for job in jobs:
                 job.result()  # re-raises a worker's error (e.g. SimulationExploded)
         self.wall_time()

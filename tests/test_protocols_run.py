@@ -137,6 +137,13 @@ def test_worker_processes_run_the_same_replicas(tiny_model, tmp_path, capsys):
     assert parallel_report["settings"]["workers"] == 2
 
 
+def test_replica_threads_share_the_cores():
+    assert protocol_module.replica_threads(4, 2, 2) == [1, 1, 1, 1]
+    assert protocol_module.replica_threads(3, 2, 2) == [1, 1, 2]  # the last one runs alone
+    assert protocol_module.replica_threads(5, 2, 8) == [4, 4, 4, 4, 8]
+    assert protocol_module.replica_threads(2, 2, 1) == [1, 1]
+
+
 def test_lammps_engine_end_to_end_with_resume(tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "water-lammps"
     args = ["protocol", "liquid", *SHORT, "--engine", "lammps", "--model", tiny_model, "--out", str(out)]
