@@ -39,7 +39,7 @@ class Progress:
     def __call__(self, line: str) -> None:
         now = time.monotonic()
         if not line.startswith("step") or now - self.last >= self.interval:
-            self.echo(f"[{self.prefix}] {line}", flush=True)
+            self.echo(f"[{self.prefix}] {line}" if self.prefix else line, flush=True)
             self.last = now
 
 
