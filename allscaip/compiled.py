@@ -10,8 +10,10 @@ OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=T
   (``compile_probe.py --gas``, ``bench_openmm.py --gas``).
 - A larger molecule: the whole energy call compiled, forces by autograd through it; dynamo
   splits it where the graph builder's sizes depend on the data.
-- A periodic system: the attention blocks and the energy head only. Its graph's sizes change
-  every step, so featurization stays eager; a new atom count or slot count P compiles again.
+- A periodic system: the attention blocks and the energy head only, compiled once with
+  symbolic sizes (the slot count P changes as neighbours come and go, and a new atom count
+  needs no new graph either); featurization stays eager. On 2 CPU cores this gains
+  1.15-1.3x at 64 waters (``benchmarks/RESULTS.md``).
 
 Inference only: force training differentiates twice, which compiled graphs do not support.
 """
@@ -71,8 +73,8 @@ class CompiledEnergy:
 
     def _periodic_energy(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
         x, inputs = self.model.backbone.prepare(positions, atomic_numbers, cell, pbc, charge, spin, plan)
-        if self._network is None:
-            self._network = torch.compile(self.model.network_energy, backend=self._backend, dynamic=False)
+        if self._network is None:  # symbolic sizes: new slot or atom counts do not recompile
+            self._network = torch.compile(self.model.network_energy, backend=self._backend, dynamic=True)
         return self._network(x, inputs)
 
     def _molecule_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan):

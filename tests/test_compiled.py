@@ -80,6 +80,35 @@ def test_compiled_molecule_equals_eager_and_compiles_once_in_a_steady_run():
     assert restored.use_compiled and restored.compiled.compilations == 0
 
 
+@pytest.mark.slow
+def test_compiled_periodic_network_equals_eager_and_compiles_once_for_all_slot_counts():
+    """A periodic box: the network is compiled once with symbolic sizes; a configuration with
+    another slot count P, and a box with more atoms, reuse it. float64 equals eager."""
+    from allscaip.reference.water import water_box
+
+    eager = fresh_model("conserving_sm")
+    compiled = copy.deepcopy(eager).compile_network()
+    rng = np.random.default_rng(5)
+    boxes = [water_box(8, density=1.0, seed=1), water_box(8, density=1.0, seed=1), water_box(12, density=1.0, seed=2)]
+    boxes[1].positions += rng.normal(scale=0.2, size=boxes[1].positions.shape)
+    slot_counts, compiled_graphs = set(), []
+    for atoms in boxes:
+        inputs = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
+                  torch.tensor([True] * 3), torch.tensor(0), torch.tensor(1))
+        expected = eager(*inputs, True, True)
+        found = compiled(*inputs, True, True)
+        for want, got in zip(expected, found):
+            torch.testing.assert_close(got.detach(), want.detach(), rtol=0, atol=1e-10)
+        slot_counts.add(int(eager.backbone.prepare(*inputs)[0].shape[1]))
+        compiled_graphs.append(compiled.compiled.compilations)
+    network = compiled.compiled
+    assert len(slot_counts) > 1 and not network.failed
+    # the first call compiles (dynamo hands inductor 2 graphs here); no later call does
+    assert compiled_graphs[0] > 0 and compiled_graphs == [compiled_graphs[0]] * 3
+    assert len(network.compile_seconds) == 1
+    torch._dynamo.reset()
+
+
 def test_failed_compilation_warns_and_falls_back_to_eager(monkeypatch):
     from allscaip.compiled import CompiledEnergy
 
