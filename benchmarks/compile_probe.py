@@ -9,6 +9,7 @@ which is why the fast-path issue asks for a fixed slot width before compile is s
     .venv/bin/python benchmarks/compile_probe.py --waters 1 64
     .venv/bin/python benchmarks/compile_probe.py --waters 64 --pad-slots 8   # bucketed width
     .venv/bin/python benchmarks/compile_probe.py --gas --waters 1 5   # compile=True, no box
+    .venv/bin/python benchmarks/compile_probe.py --box --waters 64 --configurations 6  # compile=True, box
 
 ``--gas`` times what ``compile=True`` gives a molecule or cluster without a box instead: the
 whole call compiled (fixed-shape molecule graph, one graph), against the same model eager.
@@ -61,33 +62,45 @@ def energy_forces(featurize, network, inputs):
     return energy.detach(), -torch.autograd.grad(energy, positions)[0]
 
 
-def gas_probe(model, args) -> None:
-    """Eager vs ``compile_network()`` model, whole energy + forces calls, no box."""
+def model_probe(model, args) -> None:
+    """Eager vs ``compile_network()`` model (what ``compile=True`` does), whole energy + forces
+    calls: without a box (``--gas``: the fused molecule graph), or in a box (``--box``: the
+    network with symbolic sizes) over rattled configurations whose slot counts P differ."""
     import copy
 
     from bench_ops import system
 
     compiled_model = copy.deepcopy(model).compile_network()
-    print(f"{args.model.name}, float32, {args.threads} threads, no box, energy + forces, "
-          "whole call compiled (compile=True) vs eager")
-    print(f"{'waters':>6} {'atoms':>6} {'compile s':>10} {'graphs':>7} {'max |dE| eV':>12} "
+    what = "no box, whole call compiled" if args.gas else "box, network compiled with symbolic sizes"
+    print(f"{args.model.name}, float32, {args.threads} threads, {what} (compile=True) vs eager, "
+          f"{args.configurations} configurations")
+    print(f"{'waters':>6} {'atoms':>6} {'compile s':>10} {'graphs':>7} {'slot counts':>12} {'max |dE| eV':>12} "
           f"{'max |dF| eV/A':>14} {'eager ms':>9} {'compiled ms':>12}")
+    generator = torch.Generator().manual_seed(0)
     for waters in args.waters:
-        inputs = system(waters, torch.float32, gas=True)
-        call = lambda m: [t.detach() for t in m(*inputs, True, False)[:2]]  # noqa: E731
+        base = system(waters, torch.float32, gas=args.gas)
+        configurations = [(base[0] + (0.05 * torch.randn(base[0].shape, generator=generator) if index else 0.0),)
+                          + base[1:] for index in range(args.configurations)]
+        call = lambda m, inputs: [t.detach() for t in m(*inputs, True, False)[:2]]  # noqa: E731
+        slots = sorted({int(model.backbone.prepare(*inputs)[0].shape[1]) for inputs in configurations})
         before = compiled_model.compiled.compilations
         start = time.perf_counter()
-        energy, forces = call(compiled_model)
+        call(compiled_model, configurations[0])
         compile_s = time.perf_counter() - start
-        eager_energy, eager_forces = call(model)
+        max_de = max_df = 0.0
+        for inputs in configurations:
+            (energy, forces), (eager_energy, eager_forces) = call(compiled_model, inputs), call(model, inputs)
+            max_de = max(max_de, float((energy - eager_energy).abs()))
+            max_df = max(max_df, float((forces - eager_forces).abs().max()))
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for _ in range(args.repeats):
-            for name, m in (("eager", model), ("compiled", compiled_model)):
-                start = time.perf_counter()
-                call(m)
-                times[name].append(1e3 * (time.perf_counter() - start))
+            for inputs in configurations:
+                for name, m in (("eager", model), ("compiled", compiled_model)):
+                    start = time.perf_counter()
+                    call(m, inputs)
+                    times[name].append(1e3 * (time.perf_counter() - start))
         print(f"{waters:>6} {3 * waters:>6} {compile_s:10.1f} {compiled_model.compiled.compilations - before:>7} "
-              f"{float((energy - eager_energy).abs()):12.2e} {float((forces - eager_forces).abs().max()):14.2e} "
+              f"{','.join(map(str, slots)):>12} {max_de:12.2e} {max_df:14.2e} "
               f"{statistics.median(times['eager']):9.2f} {statistics.median(times['compiled']):12.2f}", flush=True)
 
 
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="widen the slot layout to a multiple of this (a bucketed fixed width)")
     parser.add_argument("--gas", action="store_true",
                         help="the waters without a box, whole call compiled (compile=True)")
+    parser.add_argument("--box", action="store_true",
+                        help="compile=True in a box: the network compiled with symbolic sizes")
+    parser.add_argument("--configurations", type=int, default=1,
+                        help="--gas/--box: rattled configurations timed (different slot counts)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
@@ -111,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(str(args.model)).float().eval()
     if model.backbone.block_size or model.direct_forces:
         sys.exit("the probe covers dense node attention and conserving forces only")
-    if args.gas:
-        gas_probe(model, args)
+    if args.gas or args.box:
+        model_probe(model, args)
         return 0
     featurize, network = split_call(model, args.pad_slots)
     plain_featurize, _ = split_call(model)
