@@ -65,6 +65,7 @@ def evaluate_batch(model: AllScAIP, systems: Sequence[System], compute_forces: b
     strains: List[torch.Tensor] = []
     prepared = []
     sines: List[torch.Tensor] = []
+    states = []  # (wrapped positions, strain, plan) of each system, for the repulsive wall
     for system in systems:
         if check_inputs:
             model.check_inputs(system.positions, system.numbers, system.cell, system.pbc)
@@ -77,6 +78,7 @@ def evaluate_batch(model: AllScAIP, systems: Sequence[System], compute_forces: b
             if compute_virial:
                 strain.requires_grad_(True)
                 strains.append(strain)
+        states.append((wrapped, strain, plan))
         positions, cell = apply_strain(wrapped, system.cell, strain)
         x, inputs = backbone.prepare(positions, system.numbers, cell, system.pbc, system.charge,
                                      system.spin, plan)
@@ -114,6 +116,18 @@ def evaluate_batch(model: AllScAIP, systems: Sequence[System], compute_forces: b
     references = torch.zeros(len(sizes), dtype=torch.float64, device=nodes.device).index_add(
         0, system_of_atom, model.element_references[numbers])
     energies = (raw * model.energy_scale + model.energy_shift).to(torch.float64) + references
+    if model.repulsion_radius > 0.0:
+        walls = torch.stack([model.repulsion(wrapped, system.numbers, system.cell, system.pbc, strain, plan, [])[0]
+                             for system, (wrapped, strain, plan) in zip(systems, states)])
+        energies = energies + walls.to(torch.float64)
+        if with_gradients:
+            grads = torch.autograd.grad([walls.sum()], leaves + strains, create_graph=model.training,
+                                        allow_unused=True)
+            grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves + strains)]
+            if compute_forces:
+                forces = forces - torch.cat(grads[:len(leaves)])
+            if compute_virial:
+                virials = virials - torch.stack(grads[len(leaves):])
     return BatchResult(energies, forces, virials, offsets)
 
 

@@ -72,6 +72,9 @@ class ModelConfig:
     # atoms, the sinc bias made per block and, in inference, blocks recomputed in the backward
     # pass, so memory grows ~linearly in N. Same function (to round-off); a runtime choice.
     node_attention_block_size: int = 0
+    # Ours: a short-range repulsive wall added to the energy, [Z_a, Z_b, onset A, strength
+    # eV/A^3] per element pair (allscaip.repulsion); empty = none (fairchem's model).
+    repulsion: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,6 +106,14 @@ class ModelConfig:
             problems.append("only energy_reduce='sum' is supported")
         if self.node_attention_block_size < 0:
             problems.append("node_attention_block_size must be >= 0 (0: dense)")
+        for entry in self.repulsion:
+            if (len(entry) != 4 or not all(1 <= int(z) < self.max_num_elements and int(z) == z for z in entry[:2])
+                    or not 0 < entry[2] <= self.max_radius or entry[3] < 0):
+                problems.append(f"repulsion entry {entry} must be [Z_a, Z_b, onset, strength] with elements "
+                                f"1..{self.max_num_elements - 1}, 0 < onset <= max_radius "
+                                f"({self.max_radius}) and strength >= 0")
+        if self.repulsion and self.direct_forces:
+            problems.append("repulsion needs conserving forces (direct_forces false)")
         if problems:
             raise ValueError("Invalid AllScAIP configuration: " + "; ".join(problems))
 

@@ -18,6 +18,7 @@ from allscaip.features import (bond_orientational_order, gaussian_grid,
 from allscaip.graph import (CellPlan, NeighborGraph, PairImages, build_neighbor_graph, cell_plan, envelope_bias,
                             pair_distances, pair_images, pair_matrix_index, safe_norm, scatter_to_slots,
                             wrap_positions)
+from allscaip.repulsion import repulsion_energy, repulsion_tables
 from allscaip.spherical import PolynomialHarmonics
 
 CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..100)
@@ -397,6 +398,10 @@ class AllScAIP(nn.Module):
             element_references = torch.zeros(cfg.max_num_elements, dtype=torch.float64)
         # float64 whatever the network's dtype (see _apply): never round large offsets.
         self.register_buffer("element_references", element_references.to(torch.float64))
+        onset, strength = repulsion_tables(list(cfg.repulsion), cfg.max_num_elements)
+        self.register_buffer("repulsion_onset", onset, persistent=False)
+        self.register_buffer("repulsion_strength", strength, persistent=False)
+        self.repulsion_radius = max([float(entry[2]) for entry in cfg.repulsion] + [0.0])
 
     def _apply(self, fn, recurse=True):
         """Move like the rest of the module, but keep element references in float64."""
@@ -488,6 +493,19 @@ class AllScAIP(nn.Module):
             grads.append(grad)
         return raw_energy.detach(), grads
 
+    def repulsion(self, wrapped: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
+                  pbc: torch.Tensor, strain: torch.Tensor, plan: CellPlan, inputs: List[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, List[Optional[torch.Tensor]]]:
+        """The repulsive wall's energy (eV) and its gradients with respect to ``inputs`` (the
+        wrapped positions and strain leaves), from its own strained copy of the system."""
+        positions, strained_cell = apply_strain(wrapped, cell, strain)
+        energy = repulsion_energy(positions, atomic_numbers, strained_cell, pbc, plan, self.repulsion_onset,
+                                  self.repulsion_strength, self.repulsion_radius)
+        grads: List[Optional[torch.Tensor]] = []
+        if len(inputs) > 0:
+            grads = torch.autograd.grad([energy], inputs, create_graph=self.training, allow_unused=True)
+        return energy, grads
+
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
                 compute_forces: bool = True, compute_virial: bool = False, check_inputs: bool = True
@@ -550,4 +568,15 @@ class AllScAIP(nn.Module):
 
         energy = (raw_energy * self.energy_scale + self.energy_shift).to(torch.float64)
         energy = energy + self.element_references[atomic_numbers].sum()
+        if self.repulsion_radius > 0.0:
+            wall, wall_grads = self.repulsion(wrapped, atomic_numbers, cell, pbc, strain, plan, inputs)
+            energy = energy + wall.to(torch.float64)
+            if len(inputs) > 0:
+                d_wall = wall_grads[0]
+                if compute_forces and d_wall is not None:
+                    forces = forces - d_wall
+                if compute_virial:
+                    d_wall_strain = wall_grads[1]
+                    if d_wall_strain is not None:
+                        virial = virial - d_wall_strain
         return energy, forces, virial

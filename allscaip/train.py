@@ -40,11 +40,13 @@ import torch.distributed as dist
 
 from allscaip.config import ModelConfig
 from allscaip.data import Frame, batches, read_frames, split_indices
+from allscaip.graph import wrap_positions
 from allscaip.evaluate import (FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table,
                                predict_batch)
 from allscaip.io import load_model, save_model
 from allscaip.learning_curve import plot_learning_curve
 from allscaip.model import AllScAIP
+from allscaip.repulsion import repulsion_energy
 from allscaip.train_config import TrainConfig
 
 
@@ -288,6 +290,21 @@ class Trainer:
         torch.save(self.checkpoint_state(position), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
 
+    def check_wall_outside_data(self) -> None:
+        """A repulsive wall added on --resume must leave the loss unchanged: no training,
+        validation or test frame may have a pair inside its onsets."""
+        model = self.model
+        for frame in self.train_frames + self.validation_frames + self.test_frames:
+            plan = model.backbone.cell_plan(frame.cell, frame.pbc)
+            wrapped = wrap_positions(frame.positions, frame.cell, frame.pbc, plan.periodic)
+            with torch.no_grad():
+                energy = repulsion_energy(wrapped.to(self.device), frame.numbers.to(self.device),
+                                          frame.cell.to(self.device), frame.pbc.to(self.device), plan,
+                                          model.repulsion_onset, model.repulsion_strength, model.repulsion_radius)
+            if float(energy) != 0.0:
+                raise ValueError("--resume: the repulsive wall (model.repulsion) reaches a pair of a training "
+                                 "frame and would change the loss; lower its onsets or start a new run")
+
     def resume(self) -> None:
         path = self.output / "checkpoint.pt"
         if not path.is_file():
@@ -298,10 +315,17 @@ class Trainer:
             raise ValueError(f"--resume: the training frames differ from those {path} was trained on")
         saved_epochs, wanted_epochs = saved["optim"]["epochs"], wanted["optim"]["epochs"]
         execution = {key: wanted[key] for key in EXECUTION_KEYS if key in wanted}
-        if {**saved, **execution, "optim": {**saved["optim"], "epochs": wanted_epochs}} != wanted:
+        wall = wanted["model"].get("repulsion", [])
+        saved_model = {key: value for key, value in saved["model"].items() if key != "repulsion"}
+        if "repulsion" in wanted["model"]:
+            saved_model["repulsion"] = wall
+        if {**saved, **execution, "optim": {**saved["optim"], "epochs": wanted_epochs}, "model": saved_model} != wanted:
             raise ValueError(f"--resume: {path} was written with a different training config "
-                             f"(only optim.epochs may change, to extend the run, and the execution "
-                             f"settings {', '.join(EXECUTION_KEYS)})")
+                             f"(only optim.epochs may change, to extend the run, the execution "
+                             f"settings {', '.join(EXECUTION_KEYS)}, and a repulsive wall that no "
+                             f"training frame reaches)")
+        if wall != saved["model"].get("repulsion", []):
+            self.check_wall_outside_data()
         if wanted_epochs < state["epoch"]:
             raise ValueError(f"--resume: the run has done {state['epoch']} epochs already; "
                              f"optim.epochs = {wanted_epochs} would end it in the past")

@@ -1,7 +1,8 @@
 """The MD segment loop every engine shares (OpenMM runs, LAMMPS protocol phases).
 
 A run advances in segments of ``report_interval`` steps. After each segment the state is
-checked (finite energy, temperature below a blow-up limit) and only a good state is written,
+checked (finite energy, temperature below a blow-up limit) and only a good state is written
+(molecules collapsed into each other, ``allscaip.plugins.contacts``, give a warning),
 in this order: a DCD frame, a CSV row, the checkpoint (written to a temporary file, then
 renamed) and ``status.json`` with the checkpointed step. A resumed run trims the DCD and CSV
 to the checkpoint (``trim_outputs``), so an interruption at any moment loses nothing and
@@ -16,9 +17,14 @@ import math
 import os
 import struct
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+
+from allscaip.plugins import contacts
 
 CSV_FIELDS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ_mol",
               "temperature_K", "volume_nm3", "density_g_cm3", "ns_per_day"]
@@ -26,6 +32,11 @@ CSV_FIELDS = ["step", "time_ps", "potential_kJ_mol", "kinetic_kJ_mol", "total_kJ
 
 class SimulationExploded(RuntimeError):
     """The energy became non-finite or the temperature ran away."""
+
+
+class CollapsedMolecules(RuntimeWarning):
+    """Atoms of different molecules came closer than their covalent radii (the potential has
+    no repulsion there): the run goes on, but its averages are not physical."""
 
 
 class SegmentEngine(Protocol):
@@ -119,6 +130,10 @@ def run_segments(engine: SegmentEngine, files: SegmentFiles, topology, *, start:
     dcd = app.DCDFile(handle, topology, timestep_fs * unit.femtoseconds, firstStep=report_interval,
                       interval=report_interval, append=append)
     limit = max_temperature_factor * temperature
+    molecules = contacts.molecule_labels(topology)
+    radii = contacts.covalent_radii(topology)
+    periodic = topology.getPeriodicBoxVectors() is not None
+    collapse_reported = False
     try:
         step = start
         wall_start = time.perf_counter()
@@ -135,6 +150,16 @@ def run_segments(engine: SegmentEngine, files: SegmentFiles, topology, *, start:
                     "reduce --timestep, check the starting structure and that the model covers it. "
                     f"The last good state is in {files.checkpoint}.")
             positions, box = engine.frame()
+            if molecules is not None:
+                contact = contacts.closest_contact(
+                    np.asarray(positions.value_in_unit(unit.angstrom)),
+                    np.asarray(box.value_in_unit(unit.angstrom)) if periodic and box is not None else None,
+                    molecules, radii)
+                if contact.ratio < 1.0 and not collapse_reported:  # reported once per run
+                    message = f"step {step}: {contacts.collapse_message(contact, topology, molecules)}"
+                    warnings.warn(message, CollapsedMolecules)
+                    progress(f"WARNING {message}")
+                    collapse_reported = True
             dcd.writeModel(positions, periodicBoxVectors=box)
             handle.flush()
             with open(files.table, "a", newline="") as stream:

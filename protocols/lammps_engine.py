@@ -93,7 +93,7 @@ class LammpsSegments:
         boxlo, boxhi, *_ = self.lmp.extract_box()
         edges = [(hi - lo) / 10.0 for lo, hi in zip(boxlo, boxhi)]
         vectors = [Vec3(edges[0], 0, 0), Vec3(0, edges[1], 0), Vec3(0, 0, edges[2])]
-        return x * unit.nanometer, vectors if self.periodic else None
+        return x * unit.nanometer, vectors * unit.nanometer if self.periodic else None
 
     def save_checkpoint(self, path: Path) -> None:
         self.lmp.command(f"write_restart {path}")

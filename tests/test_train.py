@@ -254,3 +254,19 @@ def test_deal_gives_every_frame_to_one_rank_and_balances_atoms():
     assert loads == [648, 372]  # round-robin would give 705 and 315
     assert deal(sizes, 1) == [list(range(len(sizes)))]
     assert deal([5], 2) == [[0], []]  # a rank may get nothing (it still joins the all-reduce)
+
+
+def test_resume_may_add_a_repulsive_wall_that_no_frame_reaches(water_data, tmp_path):
+    """A wall below the frames' shortest distances leaves the loss unchanged, so a run may
+    take it on --resume and the model file carries it; one that reaches a frame is refused."""
+    config = tiny_config(water_data, optim={"epochs": 1, "max_atoms_per_batch": 60})
+    Trainer(config, tmp_path, progress=False).run()
+    far = tiny_config(water_data, model={**TINY_MODEL, "repulsion": [[8, 8, 2.0, 30.0], [1, 8, 0.8, 30.0]]},
+                      optim={"epochs": 2, "max_atoms_per_batch": 60})
+    Trainer(far, tmp_path, progress=False).resume()
+    near = tiny_config(water_data, model={**TINY_MODEL, "repulsion": [[1, 8, 1.2, 30.0]]},  # O-H bonds ~1 A
+                       optim={"epochs": 2, "max_atoms_per_batch": 60})
+    with pytest.raises(ValueError, match="reaches a pair of a training frame"):
+        Trainer(near, tmp_path, progress=False).resume()
+    train(far, tmp_path, resume=True, progress=False)
+    assert load_model(tmp_path / "model.pt").config.repulsion == [[8, 8, 2.0, 30.0], [1, 8, 0.8, 30.0]]
