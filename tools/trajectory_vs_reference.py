@@ -1,0 +1,85 @@
+"""A model against SPC/Fw on the frames of its own water MD run (project venv, no fairchem).
+
+For every ``--stride``-th frame of a trajectory (topology PDB + DCD, water ordered O, H, H):
+density, the closest O-O distance, SPC/Fw's and the model's configurational pressure (the
+virial part, bar) and the model's force RMSE relative to SPC/Fw's RMS force. Used to find
+where a model's own ensemble leaves its training data (the v2 card's density probes):
+
+    .venv/bin/python tools/trajectory_vs_reference.py MODEL.pt RUN/box.pdb RUN/liquid/trajectory.dcd --stride 7
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+BAR_PER_EV_A3 = 1.602176634e6
+WATER_G_MOL = 18.015
+AVOGADRO = 6.02214076e23
+
+
+def whole_molecules(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Each water's hydrogens at the minimum image of its oxygen, the oxygen inside the cell
+    (the reference's LAMMPS virial needs atoms in the box and bonds unbroken)."""
+    inverse = np.linalg.inv(cell)
+    whole = positions.copy()
+    for oxygen in range(0, len(whole), 3):
+        for hydrogen in (oxygen + 1, oxygen + 2):
+            fractional = (whole[hydrogen] - whole[oxygen]) @ inverse
+            whole[hydrogen] = whole[oxygen] + (fractional - np.round(fractional)) @ cell
+        whole[oxygen:oxygen + 3] -= np.floor(whole[oxygen] @ inverse) @ cell
+    return whole
+
+
+def closest_oxygens(positions: np.ndarray, cell: np.ndarray) -> float:
+    oxygens = positions[0::3]
+    separation = oxygens[None, :, :] - oxygens[:, None, :]
+    fractional = separation @ np.linalg.inv(cell)
+    distance = np.linalg.norm((fractional - np.round(fractional)) @ cell, axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    return float(distance.min())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import MDAnalysis
+    from ase.geometry import cellpar_to_cell
+
+    from allscaip.io import load_model
+    from allscaip.reference.labels import SpcfwLabeller
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("topology", help="PDB of the run (atoms O, H, H per water)")
+    parser.add_argument("trajectory", help="DCD of the run")
+    parser.add_argument("--stride", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    model = load_model(args.model, dtype=torch.float64).eval()
+    universe = MDAnalysis.Universe(args.topology, args.trajectory)
+    numbers = np.array([8 if atom.name.startswith("O") else 1 for atom in universe.atoms])
+    labeller = SpcfwLabeller()
+    print(f"{'t ps':>7} {'g/cm3':>6} {'min O-O A':>9} {'P_ref bar':>10} {'P_model bar':>11} {'diff bar':>9} "
+          f"{'F RMSE/RMS':>10}")
+    differences = []
+    for frame in universe.trajectory[::args.stride]:
+        cell = cellpar_to_cell(frame.dimensions)
+        positions = whole_molecules(universe.atoms.positions.astype(float), cell)
+        reference = labeller.label(numbers, positions, cell)
+        _, forces, virial = model(torch.tensor(positions), torch.tensor(numbers), torch.tensor(cell),
+                                  torch.tensor([True] * 3), torch.tensor(0), torch.tensor(1), True, True)
+        volume = abs(np.linalg.det(cell))
+        p_reference = -np.trace(reference.stress) / 3 * BAR_PER_EV_A3
+        p_model = np.trace(virial.detach().numpy()) / 3 / volume * BAR_PER_EV_A3
+        error = np.sqrt(((forces.detach().numpy() - reference.forces) ** 2).mean() / (reference.forces ** 2).mean())
+        density = len(numbers) // 3 * WATER_G_MOL / AVOGADRO / (volume * 1e-24)
+        differences.append(p_model - p_reference)
+        print(f"{frame.time:7.1f} {density:6.3f} {closest_oxygens(positions, cell):9.2f} {p_reference:10.0f} "
+              f"{p_model:11.0f} {p_model - p_reference:9.0f} {error:10.3f}", flush=True)
+    print(f"model - reference pressure: mean {np.mean(differences):.0f} bar over {len(differences)} frames")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
