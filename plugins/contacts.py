@@ -70,7 +70,7 @@ def closest_contact(positions: np.ndarray, cell: Optional[np.ndarray], molecules
     return best
 
 
-def collapse_message(contact: Contact, topology, molecules: np.ndarray) -> str:
+def collapse_message(contact: Contact, topology) -> str:
     atoms = list(topology.atoms())
     first, second = atoms[contact.first], atoms[contact.second]
     return (f"atoms {contact.first} ({first.element.symbol}) and {contact.second} ({second.element.symbol}) of "

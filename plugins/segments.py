@@ -156,7 +156,7 @@ def run_segments(engine: SegmentEngine, files: SegmentFiles, topology, *, start:
                     np.asarray(box.value_in_unit(unit.angstrom)) if periodic and box is not None else None,
                     molecules, radii)
                 if contact.ratio < 1.0 and not collapse_reported:  # reported once per run
-                    message = f"step {step}: {contacts.collapse_message(contact, topology, molecules)}"
+                    message = f"step {step}: {contacts.collapse_message(contact, topology)}"
                     warnings.warn(message, CollapsedMolecules)
                     progress(f"WARNING {message}")
                     collapse_reported = True

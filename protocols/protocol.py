@@ -121,13 +121,6 @@ def run_replica(settings: ProtocolSettings, replica: int, liquid_steps: int, gas
         run_phase(settings.engine, phase, progress)
 
 
-def available_threads() -> int:
-    """Threads this process may use (torch's intra-op count: the cores, or OMP_NUM_THREADS)."""
-    import torch
-
-    return torch.get_num_threads()
-
-
 def replica_threads(replicas: int, workers: int, cores: int) -> list[int]:
     """Threads of each replica's job when ``workers`` run at once: an equal share of the
     cores; the jobs of an incomplete last round (replicas not a multiple of workers) run
@@ -140,7 +133,7 @@ def replica_threads(replicas: int, workers: int, cores: int) -> list[int]:
 
 
 def use_threads(threads: int) -> None:
-    """Worker initializer: torch, OpenMP and OpenMM's CPU platform use ``threads`` threads."""
+    """In a worker process: torch, OpenMP and OpenMM's CPU platform use ``threads`` threads."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENMM_CPU_THREADS"):
         os.environ[name] = str(threads)
     import torch
@@ -248,7 +241,9 @@ class LiquidProtocol:
                 run_replica(s, replica, liquid_steps, gas_steps, self.progress)
                 self.wall_time()
             return
-        cores = available_threads()
+        import torch
+
+        cores = torch.get_num_threads()  # the cores, or OMP_NUM_THREADS
         shares = replica_threads(s.replicas, workers, cores)
         self.progress(f"{s.replicas} replicas on {workers} worker processes, "
                       f"{'/'.join(str(t) for t in sorted(set(shares)))} thread(s) each")

@@ -28,7 +28,7 @@ def test_liquid_water_has_no_collapsed_pair_and_a_fused_one_is_found():
     assert found.distance == pytest.approx(1.0, abs=1e-9)
     # without the box the copy is a cell length away: no collapse
     assert contacts.closest_contact(positions, None, molecules, radii).ratio > 1.0
-    message = contacts.collapse_message(found, topology, molecules)
+    message = contacts.collapse_message(found, topology)
     assert "1.00 Å apart" in message and "(O)" in message and "collapsed" in message
 
 
