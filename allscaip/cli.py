@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_run_export)
 
     datagen = commands.add_parser("datagen", help="generate labelled training data from a reference potential")
-    datagen_commands = datagen.add_subparsers(dest="datagen_command", required=True, metavar="REFERENCE")
+    datagen_commands = datagen.add_subparsers(dest="datagen_command", required=True, metavar="SOURCE")
     spcfw = datagen_commands.add_parser(
         "spcfw", help="SPC/Fw water with PME: liquid boxes and gas-phase clusters, sampled by MD",
         description="Deterministic for a seed; one shard per MD run in OUT, so an interrupted "
@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     spcfw.add_argument("--check-lammps", type=int, default=0, metavar="N",
                        help="also compare the labels of N liquid frames with LAMMPS (Ewald)")
     spcfw.set_defaults(handler=_run_datagen)
+    md_frames = datagen_commands.add_parser(
+        "md-frames", help="SPC/Fw labels for the frames of water MD runs (a model's own: active learning)",
+        description="Label the frames of water trajectories (atoms O, H, H per molecule; e.g. a "
+                    "protocol's replica-*/liquid/trajectory.dcd) with SPC/Fw, one shard per "
+                    "trajectory in OUT; a rerun keeps finished shards. Train on them with the "
+                    "config key data.extra.")
+    md_frames.add_argument("trajectories", nargs="+", help="DCD trajectories with periodic boxes")
+    md_frames.add_argument("--out", required=True, help="output folder (npz shards + manifest.json)")
+    md_frames.add_argument("--topology", help="PDB of the trajectories (default: box.pdb next to each "
+                                              "trajectory or one folder up, as protocols write it)")
+    md_frames.add_argument("--skip-ps", type=float, default=1.0, help="drop frames before this time")
+    md_frames.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    md_frames.set_defaults(handler=_run_md_frames)
 
     train = commands.add_parser(
         "train", help="train or fine-tune a model on energies, forces and stresses (YAML config)",
@@ -175,6 +188,15 @@ def _run_datagen(args: argparse.Namespace) -> int:
 
         report = write_comparison(compare_engines(args.out, args.check_lammps), args.out)
         print(report)
+    return 0
+
+
+def _run_md_frames(args: argparse.Namespace) -> int:
+    from allscaip.reference.md_frames import label_md_frames
+
+    manifest = label_md_frames(args.trajectories, args.out, skip_ps=args.skip_ps, every=args.every,
+                               topology=args.topology)
+    print(f"{manifest['frames']} frames from {len(manifest['runs'])} trajectories in {args.out}")
     return 0
 
 

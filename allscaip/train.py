@@ -112,6 +112,11 @@ class Trainer:
         split = split_indices(len(frames), data.split_seed, data.validation_fraction,
                               0.0 if data.test else data.test_fraction)
         self.train_raw = [frames[i] for i in split["train"]]
+        for path in data.extra:
+            extra = read_frames(path)
+            if not extra:
+                raise ValueError(f"no frames in data.extra entry {path}")
+            self.train_raw += extra * data.extra_repeat
         to_tensors = lambda subset: [frame_tensors(f, self.dtype) for f in subset]  # noqa: E731
         self.train_frames = to_tensors(self.train_raw)
         self.validation_frames = to_tensors([frames[i] for i in split["validation"]])
@@ -443,6 +448,8 @@ def portable(config: dict) -> dict:
     for key in ("train", "test"):
         if data.get(key):
             data[key] = Path(data[key]).name
+    if data.get("extra"):
+        data["extra"] = [Path(path).name for path in data["extra"]]
     init_from = config.get("init_from")
     return {**config, "data": data, "init_from": Path(init_from).name if init_from else init_from}
 

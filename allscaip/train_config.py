@@ -1,6 +1,10 @@
 """Training configuration: one YAML file, checked on load.
 
-    data:     {train: PATH, test: PATH or null, validation_fraction: 0.1, test_fraction: 0.1, split_seed: 0}
+    data:     {train: PATH, test: PATH or null, validation_fraction: 0.1, test_fraction: 0.1, split_seed: 0,
+               extra: [PATH, ...], extra_repeat: 1}
+              extra: more training frames, all used for training (validation and test come
+              from train/test only), each seen extra_repeat times per epoch: e.g. frames of a
+              model's own MD labelled by the reference (allscaip datagen md-frames)
     model:    ModelConfig fields (ignored when init_from is given)
     init_from: model file to fine-tune (e.g. a converted fairchem checkpoint), or null
     loss:     {energy: 1.0, forces: 1.0, stress: 0.1}  (each term divided by its label variance)
@@ -29,6 +33,8 @@ class DataSettings:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    extra: list[str] = field(default_factory=list)
+    extra_repeat: int = 1
 
 
 @dataclass
@@ -72,6 +78,7 @@ class TrainConfig:
         self.data.train = str((base / self.data.train).resolve())
         if self.data.test:
             self.data.test = str((base / self.data.test).resolve())
+        self.data.extra = [str((base / path).resolve()) for path in self.data.extra]
         if self.init_from:
             self.init_from = str((base / self.init_from).resolve())
 
@@ -94,6 +101,10 @@ def config_from_dict(values: dict) -> TrainConfig:
         optim=_section(OptimSettings, values.pop("optim", None), "optim"), **values)
     if not config.data.train:
         raise ValueError("data.train must name a data folder, .npz shard or extended XYZ file")
+    if not isinstance(config.data.extra, list):
+        raise ValueError("data.extra must be a list of data folders, .npz shards or extended XYZ files")
+    if config.data.extra_repeat < 1:
+        raise ValueError(f"data.extra_repeat must be at least 1, not {config.data.extra_repeat}")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, not {config.dtype!r}")
     if config.device not in ("cpu", "cuda"):

@@ -270,3 +270,22 @@ def test_resume_may_add_a_repulsive_wall_that_no_frame_reaches(water_data, tmp_p
         Trainer(near, tmp_path, progress=False).resume()
     train(far, tmp_path, resume=True, progress=False)
     assert load_model(tmp_path / "model.pt").config.repulsion == [[8, 8, 2.0, 30.0], [1, 8, 0.8, 30.0]]
+
+
+def test_extra_frames_are_trained_on_repeated_and_leave_validation_and_test_alone(water_data, tmp_path):
+    extra = write_shard(read_frames(water_data)[:2], tmp_path / "extra.npz")
+    plain = Trainer(tiny_config(water_data), tmp_path / "plain", progress=False)
+    config = tiny_config(water_data)
+    config.data.extra, config.data.extra_repeat = [str(extra)], 3
+    trainer = Trainer(config, tmp_path / "extra", progress=False)
+    assert len(trainer.train_frames) == len(plain.train_frames) + 6
+    assert len(trainer.validation_frames) == len(plain.validation_frames)
+    assert len(trainer.test_frames) == len(plain.test_frames)
+    assert trainer.data_fingerprint != plain.data_fingerprint
+    with pytest.raises(ValueError, match="extra_repeat must be at least 1"):
+        config_from_dict({"data": {"train": "x", "extra": ["y"], "extra_repeat": 0}, "model": TINY_MODEL})
+    with pytest.raises(ValueError, match="no frames in data.extra"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        Trainer(config_from_dict({"data": {"train": str(water_data), "extra": [str(empty)]}, "model": TINY_MODEL}),
+                tmp_path / "bad", progress=False)

@@ -2,7 +2,9 @@
 
 For every ``--stride``-th frame of a trajectory (topology PDB + DCD, water ordered O, H, H):
 density, the closest O-O distance, SPC/Fw's and the model's configurational pressure (the
-virial part, bar) and the model's force RMSE relative to SPC/Fw's RMS force. Used to find
+virial part, bar), the same difference with the molecular virial (forces acting on the molecules'
+centres of mass, so intramolecular forces drop out) and the model's force RMSE relative to
+SPC/Fw's RMS force. Used to find
 where a model's own ensemble leaves its training data (the v2 card's density probes):
 
     .venv/bin/python tools/trajectory_vs_reference.py MODEL.pt RUN/box.pdb RUN/liquid/trajectory.dcd --stride 7
@@ -33,6 +35,14 @@ def whole_molecules(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
     return whole
 
 
+def intramolecular_virial(positions: np.ndarray, forces: np.ndarray, numbers: np.ndarray) -> float:
+    """Trace of sum_i (r_i - R_com(i)) . F_i for whole waters: atomic minus molecular virial."""
+    masses = np.where(numbers == 8, 15.999, 1.008).reshape(-1, 3, 1)
+    molecules = positions.reshape(-1, 3, 3)
+    centres = (masses * molecules).sum(axis=1, keepdims=True) / masses.sum(axis=1, keepdims=True)
+    return float(((molecules - centres) * forces.reshape(-1, 3, 3)).sum())
+
+
 def closest_oxygens(positions: np.ndarray, cell: np.ndarray) -> float:
     oxygens = positions[0::3]
     separation = oxygens[None, :, :] - oxygens[:, None, :]
@@ -61,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     numbers = np.array([8 if atom.name.startswith("O") else 1 for atom in universe.atoms])
     labeller = SpcfwLabeller()
     print(f"{'t ps':>7} {'g/cm3':>6} {'min O-O A':>9} {'P_ref bar':>10} {'P_model bar':>11} {'diff bar':>9} "
-          f"{'F RMSE/RMS':>10}")
-    differences = []
+          f"{'mol diff':>9} {'F RMSE/RMS':>10}")
+    differences, molecular_differences = [], []
     for frame in universe.trajectory[::args.stride]:
         cell = cellpar_to_cell(frame.dimensions)
         positions = whole_molecules(universe.atoms.positions.astype(float), cell)
@@ -72,12 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         volume = abs(np.linalg.det(cell))
         p_reference = -np.trace(reference.stress) / 3 * BAR_PER_EV_A3
         p_model = np.trace(virial.detach().numpy()) / 3 / volume * BAR_PER_EV_A3
+        model_forces = forces.detach().numpy()
+        correction = (intramolecular_virial(positions, model_forces, numbers)
+                      - intramolecular_virial(positions, reference.forces, numbers)) / 3 / volume * BAR_PER_EV_A3
+        molecular_differences.append(p_model - p_reference - correction)
         error = np.sqrt(((forces.detach().numpy() - reference.forces) ** 2).mean() / (reference.forces ** 2).mean())
         density = len(numbers) // 3 * WATER_G_MOL / AVOGADRO / (volume * 1e-24)
         differences.append(p_model - p_reference)
         print(f"{frame.time:7.1f} {density:6.3f} {closest_oxygens(positions, cell):9.2f} {p_reference:10.0f} "
-              f"{p_model:11.0f} {p_model - p_reference:9.0f} {error:10.3f}", flush=True)
-    print(f"model - reference pressure: mean {np.mean(differences):.0f} bar over {len(differences)} frames")
+              f"{p_model:11.0f} {p_model - p_reference:9.0f} "
+              f"{molecular_differences[-1]:9.0f} {error:10.3f}", flush=True)
+    for name, values in (("atomic", differences), ("molecular", molecular_differences)):
+        print(f"model - reference pressure ({name} virial): mean {np.mean(values):.0f} "
+              f"+- {np.std(values, ddof=1) / np.sqrt(len(values)):.0f} bar over {len(values)} frames")
     return 0
 
 
