@@ -3,8 +3,8 @@
 For every ``--stride``-th frame of a trajectory (topology PDB + DCD, water ordered O, H, H):
 density, the closest O-O distance, SPC/Fw's and the model's configurational pressure (the
 virial part, bar), the same difference with the molecular virial (forces acting on the molecules'
-centres of mass, so intramolecular forces drop out) and the model's force RMSE relative to
-SPC/Fw's RMS force. Used to find
+centres of mass, so intramolecular forces drop out), the model's energy error per molecule and
+its force RMSE relative to SPC/Fw's RMS force. Used to find
 where a model's own ensemble leaves its training data (the v2 card's density probes):
 
     .venv/bin/python tools/trajectory_vs_reference.py MODEL.pt RUN/box.pdb RUN/liquid/trajectory.dcd --stride 7
@@ -20,19 +20,6 @@ import torch
 BAR_PER_EV_A3 = 1.602176634e6
 WATER_G_MOL = 18.015
 AVOGADRO = 6.02214076e23
-
-
-def whole_molecules(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """Each water's hydrogens at the minimum image of its oxygen, the oxygen inside the cell
-    (the reference's LAMMPS virial needs atoms in the box and bonds unbroken)."""
-    inverse = np.linalg.inv(cell)
-    whole = positions.copy()
-    for oxygen in range(0, len(whole), 3):
-        for hydrogen in (oxygen + 1, oxygen + 2):
-            fractional = (whole[hydrogen] - whole[oxygen]) @ inverse
-            whole[hydrogen] = whole[oxygen] + (fractional - np.round(fractional)) @ cell
-        whole[oxygen:oxygen + 3] -= np.floor(whole[oxygen] @ inverse) @ cell
-    return whole
 
 
 def intramolecular_virial(positions: np.ndarray, forces: np.ndarray, numbers: np.ndarray) -> float:
@@ -57,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from ase.geometry import cellpar_to_cell
 
     from allscaip.io import load_model
-    from allscaip.reference.labels import SpcfwLabeller
+    from allscaip.reference.labels import KJ_PER_EV, SpcfwLabeller
+    from allscaip.reference.md_frames import whole_waters
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
@@ -71,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     numbers = np.array([8 if atom.name.startswith("O") else 1 for atom in universe.atoms])
     labeller = SpcfwLabeller()
     print(f"{'t ps':>7} {'g/cm3':>6} {'min O-O A':>9} {'P_ref bar':>10} {'P_model bar':>11} {'diff bar':>9} "
-          f"{'mol diff':>9} {'F RMSE/RMS':>10}")
-    differences, molecular_differences = [], []
+          f"{'mol diff':>9} {'dE kJ/mol':>9} {'F RMSE/RMS':>10}")
+    differences, molecular_differences, energy_errors = [], [], []
     for frame in universe.trajectory[::args.stride]:
         cell = cellpar_to_cell(frame.dimensions)
-        positions = whole_molecules(universe.atoms.positions.astype(float), cell)
+        positions = whole_waters(universe.atoms.positions.astype(float), cell)
         reference = labeller.label(numbers, positions, cell)
-        _, forces, virial = model(torch.tensor(positions), torch.tensor(numbers), torch.tensor(cell),
+        energy, forces, virial = model(torch.tensor(positions), torch.tensor(numbers), torch.tensor(cell),
                                   torch.tensor([True] * 3), torch.tensor(0), torch.tensor(1), True, True)
         volume = abs(np.linalg.det(cell))
         p_reference = -np.trace(reference.stress) / 3 * BAR_PER_EV_A3
@@ -86,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         correction = (intramolecular_virial(positions, model_forces, numbers)
                       - intramolecular_virial(positions, reference.forces, numbers)) / 3 / volume * BAR_PER_EV_A3
         molecular_differences.append(p_model - p_reference - correction)
+        energy_errors.append((float(energy) - reference.energy) / (len(numbers) // 3) * KJ_PER_EV)
         error = np.sqrt(((forces.detach().numpy() - reference.forces) ** 2).mean() / (reference.forces ** 2).mean())
         density = len(numbers) // 3 * WATER_G_MOL / AVOGADRO / (volume * 1e-24)
         differences.append(p_model - p_reference)
         print(f"{frame.time:7.1f} {density:6.3f} {closest_oxygens(positions, cell):9.2f} {p_reference:10.0f} "
               f"{p_model:11.0f} {p_model - p_reference:9.0f} "
-              f"{molecular_differences[-1]:9.0f} {error:10.3f}", flush=True)
-    for name, values in (("atomic", differences), ("molecular", molecular_differences)):
-        print(f"model - reference pressure ({name} virial): mean {np.mean(values):.0f} "
-              f"+- {np.std(values, ddof=1) / np.sqrt(len(values)):.0f} bar over {len(values)} frames")
+              f"{molecular_differences[-1]:9.0f} {energy_errors[-1]:9.3f} {error:10.3f}", flush=True)
+    for name, values, unit in (("pressure, atomic virial", differences, "bar"),
+                               ("pressure, molecular virial", molecular_differences, "bar"),
+                               ("energy per molecule", energy_errors, "kJ/mol")):
+        print(f"model - reference {name}: mean {np.mean(values):.3f} "
+              f"+- {np.std(values, ddof=1) / np.sqrt(len(values)):.3f} {unit} over {len(values)} frames "
+              "(+- is the standard error of independent frames; consecutive frames are correlated)")
     return 0
 
 
