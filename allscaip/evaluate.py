@@ -16,6 +16,8 @@ from allscaip.batch import evaluate_batch
 from allscaip.data import Frame, batches
 from allscaip.model import AllScAIP
 
+BAR_PER_EV_A3 = 1.602176634e6  # 1 eV/A^3 = 160.2176634 GPa
+
 
 @dataclass
 class FrameTensors:
@@ -93,7 +95,8 @@ def error_metrics(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 
     if not frames:
         return metrics
     e = np.array(energy_errors) * 1e3
-    metrics.update(energy_mae_mev_atom=float(np.abs(e).mean()), energy_rmse_mev_atom=float(np.sqrt((e**2).mean())))
+    metrics.update(energy_mae_mev_atom=float(np.abs(e).mean()), energy_rmse_mev_atom=float(np.sqrt((e**2).mean())),
+                   energy_mean_error_mev_atom=float(e.mean()))
     if force_errors:
         f, labels = np.concatenate(force_errors) * 1e3, np.concatenate(force_labels) * 1e3
         metrics.update(force_mae_mev_a=float(np.abs(f).mean()), force_rmse_mev_a=float(np.sqrt((f**2).mean())),
@@ -104,6 +107,9 @@ def error_metrics(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 
         metrics.update(stress_mae_mev_a3=float(np.abs(s).mean()), stress_rmse_mev_a3=float(np.sqrt((s**2).mean())),
                        stress_spread_mev_a3=float(labels.std()))
         metrics["stress_mae_relative"] = metrics["stress_mae_mev_a3"] / metrics["stress_spread_mev_a3"]
+        # pressure = -trace(stress) / 3; a bias here shifts an NPT density
+        pressure_errors = -np.trace(np.stack(stress_errors).reshape(-1, 3, 3), axis1=1, axis2=2) / 3
+        metrics["pressure_mean_error_bar"] = float(pressure_errors.mean() * BAR_PER_EV_A3)
     return metrics
 
 
@@ -116,6 +122,8 @@ METRIC_COLUMNS = (
     ("force_rmse_relative", "F RMSE / F RMS", "{:.2%}"),
     ("stress_mae_mev_a3", "S MAE (meV/A^3)", "{:.4f}"),
     ("stress_mae_relative", "S MAE / S spread", "{:.2%}"),
+    ("energy_mean_error_mev_atom", "E mean error (meV/atom)", "{:+.3f}"),
+    ("pressure_mean_error_bar", "P mean error (bar)", "{:+.0f}"),
 )
 
 

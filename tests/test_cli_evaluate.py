@@ -48,3 +48,21 @@ def test_evaluate_names_a_missing_data_set(tmp_path):
     result = evaluate(str(MODEL), str(empty))
     assert result.returncode == 2
     assert f"{empty} holds no frames" in result.stderr
+
+
+def test_mean_errors_have_the_sign_and_units_of_a_bias():
+    """A label shifted by a known amount moves the mean errors by exactly that amount:
+    energy labels 1 meV/atom lower -> +1 meV/atom; stress labels 1e-4 eV/A^3 more tensile
+    (pressure 160.2 bar lower) -> the model's pressure reads +160.2 bar high."""
+    import dataclasses
+
+    import numpy as np
+
+    model = load_model(str(MODEL), dtype=torch.float64)
+    frames = read_frames(TEST_SET / "liquid-0000.npz")[:2]
+    shifted = [dataclasses.replace(f, energy=f.energy - 1e-3 * len(f.numbers), stress=f.stress + 1e-4 * np.eye(3))
+               for f in frames]
+    before = error_metrics(model, [frame_tensors(f) for f in frames])
+    after = error_metrics(model, [frame_tensors(f) for f in shifted])
+    assert after["energy_mean_error_mev_atom"] - before["energy_mean_error_mev_atom"] == pytest.approx(1.0, rel=1e-9)
+    assert after["pressure_mean_error_bar"] - before["pressure_mean_error_bar"] == pytest.approx(160.2176634, rel=1e-9)

@@ -17,7 +17,6 @@ import argparse
 import numpy as np
 import torch
 
-BAR_PER_EV_A3 = 1.602176634e6
 WATER_G_MOL = 18.015
 AVOGADRO = 6.02214076e23
 
@@ -43,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import MDAnalysis
     from ase.geometry import cellpar_to_cell
 
+    from allscaip.evaluate import BAR_PER_EV_A3
     from allscaip.io import load_model
     from allscaip.reference.labels import KJ_PER_EV, SpcfwLabeller
     from allscaip.reference.md_frames import whole_waters
