@@ -47,4 +47,4 @@ def test_default_model_reproduces_the_reference_on_fresh_frames(model):
         rms = np.sqrt(np.mean(frame.forces ** 2))
         rmse = np.sqrt(np.mean((forces.detach().numpy() - frame.forces) ** 2))
         assert rmse < 0.15 * rms
-        assert abs(float(energy) - frame.energy) / len(frame) < 0.01  # eV/atom
+        assert abs(float(energy.detach()) - frame.energy) / len(frame) < 0.01  # eV/atom

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         correction = (intramolecular_virial(positions, model_forces, numbers)
                       - intramolecular_virial(positions, reference.forces, numbers)) / 3 / volume * BAR_PER_EV_A3
         molecular_differences.append(p_model - p_reference - correction)
-        energy_errors.append((float(energy) - reference.energy) / (len(numbers) // 3) * KJ_PER_EV)
+        energy_errors.append((float(energy.detach()) - reference.energy) / (len(numbers) // 3) * KJ_PER_EV)
         error = np.sqrt(((forces.detach().numpy() - reference.forces) ** 2).mean() / (reference.forces ** 2).mean())
         density = len(numbers) // 3 * WATER_G_MOL / AVOGADRO / (volume * 1e-24)
         differences.append(p_model - p_reference)
