@@ -351,7 +351,7 @@ class Trainer:
         model = self.ema_model()
         metadata = {"source": "allscaip train", "epoch": self.epoch, "validation": metrics,
                     "elements": sorted({int(z) for frame in self.train_raw for z in frame.numbers}),
-                    "training_config": self.config.to_dict()}
+                    "training_config": portable(self.config.to_dict())}
         save_model(model, model.config, path, metadata)
 
     def validation_loss(self, metrics: dict) -> float:
@@ -413,7 +413,7 @@ class Trainer:
                                             "test": len(self.test_frames)},
                    "epochs": self.epoch, "steps": self.step, "wall_time_s_this_invocation": round(seconds, 1),
                    "epoch_seconds_total": round(sum(r["seconds"] for r in self.history), 1),
-                   "world_size": self.world, "config": self.config.to_dict()}
+                   "world_size": self.world, "config": portable(self.config.to_dict())}
         (self.output / "results.json").write_text(json.dumps(results, indent=1))
         table = metrics_table(rows)
         (self.output / "results.md").write_text(table + "\n")

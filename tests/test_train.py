@@ -98,6 +98,9 @@ def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_
     metadata = read_model_file(tmp_path / "model.pt")["metadata"]
     assert model.config.smooth_node_order and metadata["source"] == "allscaip train"
     assert metadata["elements"] == [1, 8]  # what the protocols' element check reads
+    # shipped files carry no machine's paths: data named by their last component
+    assert metadata["training_config"]["data"]["train"] == Path(water_data).name
+    assert str(Path(water_data).parent) not in (tmp_path / "results.json").read_text()
     # element references from least squares: O and H carry most of the energy scale
     assert model.element_references[[1, 8]].abs().min() > 0
 
