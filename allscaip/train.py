@@ -78,6 +78,25 @@ def random_rotation(generator: np.random.Generator, dtype: torch.dtype) -> torch
     return torch.tensor(q, dtype=dtype)
 
 
+
+def with_settings(model: AllScAIP, settings: dict) -> AllScAIP:
+    """``model`` with some of its configuration changed and its weights kept: settings that
+    leave every weight's shape alone (the graph's ``knn_k``, ``knn_delta``, ``max_radius``,
+    the wall ``repulsion``), e.g. to fine-tune a trained model with a wider neighbourhood."""
+    config = ModelConfig.from_dict({**model.config.to_dict(), **settings},
+                                   where="the training config's 'model' section")
+    changed = AllScAIP(config, model.energy_scale, model.energy_shift, model.force_scale,
+                       model.stress_scale, model.element_references.detach().clone())
+    try:
+        changed.load_state_dict(model.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"init_from: the 'model' settings {sorted(settings)} change the shapes of the "
+                         "network's weights, so the model file's weights cannot be kept; with init_from, "
+                         "change only settings such as knn_k, knn_delta, max_radius or repulsion "
+                         f"({str(exc).splitlines()[0]})") from exc
+    return changed.to(next(model.parameters()).dtype)
+
+
 class Trainer:
     """One training run in ``output`` (a folder), on one process or one torchrun rank."""
 
@@ -137,6 +156,8 @@ class Trainer:
         config = self.config
         if config.init_from:
             model = load_model(config.init_from, dtype=self.dtype)
+            if config.model:
+                model = with_settings(model, config.model)
             if config.refit_element_references:
                 model.element_references = fit_element_references(self.train_raw, model.element_references.numel())
         else:

@@ -5,7 +5,8 @@
               extra: more training frames, all used for training (validation and test come
               from train/test only), each seen extra_repeat times per epoch: e.g. frames of a
               model's own MD labelled by the reference (allscaip datagen md-frames)
-    model:    ModelConfig fields (ignored when init_from is given)
+    model:    ModelConfig fields; with init_from, only settings that keep the weights' shapes
+              (knn_k, knn_delta, max_radius, repulsion), changed in the fine-tuned model
     init_from: model file to fine-tune (e.g. a converted fairchem checkpoint), or null
     loss:     {energy: 1.0, forces: 1.0, stress: 0.1}  (each term divided by its label variance)
     optim:    {lr, weight_decay, warmup_steps, min_lr_ratio, epochs, max_atoms_per_batch,

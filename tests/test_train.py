@@ -292,3 +292,24 @@ def test_extra_frames_are_trained_on_repeated_and_leave_validation_and_test_alon
         empty.mkdir()
         Trainer(config_from_dict({"data": {"train": str(water_data), "extra": [str(empty)]}, "model": TINY_MODEL}),
                 tmp_path / "bad", progress=False)
+
+
+def test_fine_tuning_may_widen_the_neighbourhood_and_keeps_the_weights(water_data, tmp_path):
+    """init_from with a 'model' section changes settings that keep the weights' shapes (a
+    fine-tune with more neighbours per atom); one that changes a shape is refused."""
+    Trainer(tiny_config(water_data, optim={"epochs": 1, "max_atoms_per_batch": 60}), tmp_path / "start",
+            progress=False).run()
+    start = load_model(tmp_path / "start" / "model.pt")
+    wider = Trainer(tiny_config(water_data, model={"knn_k": 12}, init_from=str(tmp_path / "start" / "model.pt")),
+                    tmp_path / "wider", progress=False)
+    assert wider.model.config.knn_k == 12 and wider.model.config.hidden_size == TINY_MODEL["hidden_size"]
+    for name, weight in start.state_dict().items():
+        assert torch.equal(wider.model.state_dict()[name].cpu(), weight), name
+    frame = wider.validation_frames[0]
+    inputs = (frame.positions, frame.numbers, frame.cell, frame.pbc, frame.charge, frame.spin)
+    narrow_energy = start(*inputs, compute_forces=False)[0]
+    wide_energy = wider.model.eval()(*inputs, compute_forces=False)[0]
+    assert abs(float(wide_energy - narrow_energy)) > 1e-6  # the graph changed, so the energy did
+    with pytest.raises(ValueError, match="change the shapes of the network's weights"):
+        Trainer(tiny_config(water_data, model={"edge_distance_expansion_size": 32}, init_from=str(tmp_path / "start" / "model.pt")),
+                tmp_path / "bigger", progress=False)
