@@ -56,18 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     from allscaip.train import with_settings
 
     sys.path.insert(0, str(HERE))
-    from water import water_box
+    from bench_ops import system
 
     base = load_model(args.model, dtype=torch.float32)
     models = {k: with_settings(base, {"knn_k": k}).eval() for k in args.knn}
     frames = read_frames(args.frames)
     reach = {k: kth_neighbour_distance(frames, k) for k in args.knn}
-    boxes = {}
-    for waters in args.waters:
-        atoms = water_box(waters)
-        boxes[waters] = (torch.tensor(atoms.positions, dtype=torch.float32), torch.tensor(atoms.numbers),
-                         torch.tensor(atoms.cell.array, dtype=torch.float32), torch.tensor([True] * 3),
-                         torch.tensor(0), torch.tensor(1))
+    boxes = {waters: system(waters, torch.float32) for waters in args.waters}
     times = {(k, w): [] for k in args.knn for w in args.waters}
     for k in args.knn:  # warm-up
         for inputs in boxes.values():
