@@ -10,10 +10,17 @@ OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=T
   (``compile_probe.py --gas``, ``bench_openmm.py --gas``).
 - A larger molecule: the whole energy call compiled, forces by autograd through it; dynamo
   splits it where the graph builder's sizes depend on the data.
-- A periodic system: the attention blocks and the energy head only, compiled once with
-  symbolic sizes (the slot count P changes as neighbours come and go, and a new atom count
-  needs no new graph either); featurization stays eager. On 2 CPU cores this gains
-  1.15-1.3x at 64 waters (``benchmarks/RESULTS.md``).
+- A periodic cell wide enough for minimum images (``CellPlan.wide``: every plane spacing
+  above twice the search radius, e.g. 64 waters or more): energy and gradients in one graph
+  as for a molecule, on ``graph.wide_cell_graph``'s fixed-width layouts (a graph per atom
+  count and slot width). The width is the widest layout the first call needed plus a margin;
+  every call reports the width it needed, and one that needed more is recomputed with a wider
+  layout (compiled anew), so a result is never cut short.
+- Any other periodic system (a cell narrower than that, or where the fused graph failed): the
+  attention blocks and the energy head only, compiled once with symbolic sizes (the slot count
+  P changes as neighbours come and go, and a new atom count needs no new graph either);
+  featurization stays eager. On 2 CPU cores this gains 1.15-1.3x at 64 waters
+  (``benchmarks/RESULTS.md``).
 
 Inference only: force training differentiates twice, which compiled graphs do not support.
 """
@@ -26,10 +33,12 @@ import warnings
 
 import torch
 
-from allscaip.graph import has_fixed_shapes
+from allscaip.graph import has_fixed_shapes, wide_cell_graph
 from allscaip.model import apply_strain  # model.py imports this module lazily (no cycle)
 
 logger = logging.getLogger(__name__)
+
+SLOT_MARGIN = 3  # slots beyond the widest layout seen, so that MD rarely has to widen (and recompile)
 
 
 class CompiledEnergy:
@@ -43,17 +52,21 @@ class CompiledEnergy:
         self.compile_seconds: list[float] = []  # wall time of each call that compiled
         self.failed = False  # no compilation works: eager from then on
         self.fused_failed = False  # the fused molecule graph does not compile: autograd through __call__
+        self.wide_failed = False  # the fused wide-cell graph does not compile: autograd through __call__
+        self.wide_slots = 0  # slot width of the wide-cell layouts (0: not chosen yet)
         self._network = None
         self._whole = None
         self._fused = None
+        self._wide_fused = None
 
     def __getstate__(self) -> dict:
         """Picklable (PythonForce Systems are serialised): the compiled code is rebuilt on use."""
-        return {"model": self.model, "failed": self.failed}
+        return {"model": self.model, "failed": self.failed, "wide_slots": self.wide_slots}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["model"])
         self.failed = state["failed"]
+        self.wide_slots = state.get("wide_slots", 0)
 
     def _backend(self, graph_module, example_inputs, config_patches=None):
         from torch._inductor.compile_fx import compile_fx
@@ -86,6 +99,49 @@ class CompiledEnergy:
         gradients, value = torch.func.grad_and_value(energy, argnums=(0, 1))(positions, strain)
         return value, gradients
 
+    def wide_cell_energy(self, positions, atomic_numbers, cell, pbc, charge, spin, plan, n_slots: int):
+        """Raw energy on ``wide_cell_graph``'s layouts of ``n_slots`` slots, and the slot count
+        the layouts needed (what every compiled wide-cell call must equal, when it fits)."""
+        backbone = self.model.backbone
+        graph, needed = wide_cell_graph(positions, cell, pbc, backbone.cutoff, backbone.knn_k,
+                                        backbone.rank_scale, backbone.lse_scale, backbone.knn_delta, n_slots)
+        x, inputs = backbone.featurize(graph, positions, atomic_numbers, cell, pbc, charge, spin, plan)
+        return self.model.network_energy(x, inputs), needed
+
+    def _wide_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, n_slots: int):
+        """Raw energy, its gradients with respect to the positions and the strain, and the slot
+        count the layouts needed."""
+        def energy(p, s):
+            strained_positions, strained_cell = apply_strain(p, cell, s)
+            return self.wide_cell_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin,
+                                         plan, n_slots)
+
+        gradients, (value, needed) = torch.func.grad_and_value(energy, argnums=(0, 1), has_aux=True)(
+            positions, strain)
+        return value, gradients, needed
+
+    def _wide_call(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, count: int) -> tuple:
+        """``_wide_gradients`` compiled, on layouts as wide as the system needs: the first call
+        measures the width (eagerly, without gradients); a call whose layouts needed more slots
+        than they had is recomputed wider."""
+        backbone = self.model.backbone
+        widest = backbone.knn_k + backbone.knn_delta
+        if self.wide_slots == 0:
+            with torch.no_grad():
+                _, needed = self.wide_cell_energy(positions, atomic_numbers, cell, pbc, charge, spin, plan, widest)
+            self.wide_slots = min(widest, int(needed) + SLOT_MARGIN)
+        if self._wide_fused is None:
+            self._wide_fused = torch.compile(self._wide_gradients, backend=self._molecule_backend, dynamic=False)
+        while True:
+            with torch.no_grad():
+                value, gradients, needed = self._wide_fused(positions.detach(), strain.detach(), atomic_numbers, cell,
+                                                      pbc, charge, spin, plan, self.wide_slots)
+            if int(needed) <= self.wide_slots:
+                return value, list(gradients[:count])
+            logger.info("a wide-cell layout needed %d slots (had %d): recomputing wider",
+                        int(needed), self.wide_slots)
+            self.wide_slots = min(widest, int(needed) + SLOT_MARGIN)
+
     def energy_and_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan,
                              inputs: list) -> tuple:
         """Raw energy and its gradients with respect to ``inputs``: ``positions`` and, when the
@@ -111,6 +167,16 @@ class CompiledEnergy:
 
             return self._guarded(fused, unfused, positions.shape[0], "fused_failed",
                                  "continuing with the compiled energy and autograd forces")
+        if inputs and not self.failed and not self.wide_failed and plan.wide and any(plan.periodic):
+            def wide():
+                return self._wide_call(positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, len(inputs))
+
+            def network_only():
+                return self.energy_and_gradients(positions, strain, atomic_numbers, cell, pbc, charge, spin,
+                                                 plan, inputs)
+
+            return self._guarded(wide, network_only, positions.shape[0], "wide_failed",
+                                 "continuing with the compiled network and autograd forces")
         strained_positions, strained_cell = apply_strain(positions, cell, strain)
         value = self(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
         return value, list(torch.autograd.grad([value], inputs)) if inputs else []

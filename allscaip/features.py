@@ -73,11 +73,11 @@ def bond_orientational_order(harmonics: torch.Tensor, weight: torch.Tensor, cent
     """
     degree = degree_of_component(lmax, harmonics.device)
     scaled = harmonics[:, :degree.shape[0]] / torch.sqrt(2.0 * degree + 1.0).to(harmonics.dtype)
-    total = torch.zeros((n_atoms, degree.shape[0]), dtype=harmonics.dtype, device=harmonics.device)
-    total = total.index_add(0, center, scaled * weight.unsqueeze(-1))
-    count = torch.zeros(n_atoms, dtype=harmonics.dtype, device=harmonics.device)
-    count = count.index_add(0, center, weight).clamp_min(1.0)
-    mean = total / count.unsqueeze(-1)
+    width = degree.shape[0]
+    sums = torch.zeros((n_atoms, width + 1), dtype=harmonics.dtype, device=harmonics.device)  # [total, count]
+    sums = sums.index_add(0, center, torch.cat([scaled, torch.ones_like(weight).unsqueeze(-1)], dim=-1)
+                          * weight.unsqueeze(-1))
+    mean = sums[:, :width] / sums[:, width:].clamp_min(1.0)
     per_degree = torch.zeros((n_atoms, lmax + 1), dtype=mean.dtype, device=mean.device)
     per_degree = per_degree.index_add(1, degree, mean.square())
     return per_degree.clamp_min(1e-6).sqrt()

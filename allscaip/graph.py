@@ -13,6 +13,10 @@ kept edges have d < cutoff, so only candidates within cutoff + 4 s can contribut
 select those first (no autograd), rank only each atom's k + delta nearest, and read the
 destination rank of i -> (j, m) as the source rank of j -> (i, -m) (same distance).
 The image set is fairchem's: ceil(cutoff / plane spacing) cells along each periodic axis.
+
+The general builder's sizes depend on the data (host syncs). For compiled calls two builders
+give the same graph in fixed shapes: ``molecule_graph`` (no box, at most k + delta atoms) and
+``wide_cell_graph`` (cells wider than twice the search radius).
 """
 
 from typing import List, NamedTuple, Optional, Tuple
@@ -254,6 +258,91 @@ def has_fixed_shapes(n_atoms: int, plan: CellPlan, knn_k: int, knn_delta: int) -
     """Whether a system's graph is ``molecule_graph``'s: no periodic axis, at most k + delta
     atoms (its shapes depend on the atom count only)."""
     return not any(plan.periodic) and n_atoms <= knn_k + knn_delta
+
+
+def wide_cell_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, cutoff: float,
+                    knn_k: int, rank_scale: float, lse_scale: float, knn_delta: int,
+                    n_slots: int) -> Tuple[NeighborGraph, torch.Tensor]:
+    """``build_neighbor_graph`` of a periodic cell whose plane spacings all exceed twice the
+    search radius (``CellPlan.wide``), in fixed shapes: no data-dependent size, no host sync.
+
+    Each atom keeps its W = k + delta nearest minimum images (``torch.topk``), ranks them as the
+    general builder does, and reads destination ranks and envelopes from dense (N, N) tables
+    (a wide cell has at most one image of a pair within the search radius). Both layouts hold
+    ``n_slots`` slots, the edges sorted by envelope; the empty ones have env = +inf and the
+    dropped candidates are not edges. Returns the graph and the number of slots the layouts
+    needed (a 0-d tensor): when it exceeds ``n_slots`` edges were cut off and the caller must
+    rebuild with more slots (every kept edge's reverse is among its destination's W
+    candidates, so W slots always suffice).
+    """
+    n_atoms = positions.shape[0]
+    device = positions.device
+    width = min(knn_k + knn_delta, n_atoms)
+    n_slots = min(n_slots, width)
+    search_radius = cutoff + 4.0 * rank_scale
+    with torch.no_grad():  # the W nearest minimum images of every atom
+        frozen = positions.detach()
+        separation = frozen[None, :, :] - frozen[:, None, :]
+        shift = -torch.round(separation @ torch.linalg.inv(cell.detach())) * pbc.to(positions.dtype)
+        rough = torch.linalg.norm(separation + shift @ cell.detach(), dim=-1)
+        rough = torch.where(rough < search_radius, rough, torch.full_like(rough, float("inf")))
+        neighbour = torch.topk(rough, width, dim=1, largest=False, sorted=True)[1]  # (N, W)
+        shift = torch.gather(shift, 1, neighbour.unsqueeze(-1).expand(n_atoms, width, 3))
+    disp = (torch.index_select(positions, 0, neighbour.reshape(-1)).view(n_atoms, width, 3)
+            - positions.unsqueeze(1) + shift @ cell)
+    distance = safe_norm(disp)
+    candidate = distance.detach() < search_radius
+    far = 2.0 * search_radius + 100.0  # as in searched_graph: adds exactly 0 to real ranks
+    padded = torch.where(candidate, distance, torch.full_like(distance, far))
+    src_rank = bump(padded[:, :, None] - padded[:, None, :], rank_scale).sum(dim=-1)
+    beyond = 2.0 * knn_k
+    # ranks[i, j]: rank of j among i's candidates; the destination rank of i -> j is ranks[j, i]
+    ranks = torch.full((n_atoms, n_atoms), beyond, dtype=distance.dtype, device=device).scatter(
+        1, neighbour, src_rank)
+    dst_rank = torch.where(candidate, torch.gather(ranks.T, 1, neighbour), torch.full_like(src_rank, beyond))
+    stacked = torch.stack([src_rank / knn_k, dst_rank / knn_k, distance / cutoff], dim=0)
+    env = lse_scale * torch.logsumexp(stacked / lse_scale, dim=0)
+    env = torch.where(distance == 0.0, torch.zeros_like(env), env)
+    env = torch.where(candidate & (env.detach() < 1.0), env, torch.full_like(env, float("inf")))
+    # incoming[j, s]: envelope of the edge neighbour[j, s] -> j (+inf if it is not one)
+    envs = torch.full((n_atoms, n_atoms), float("inf"), dtype=env.dtype, device=device).scatter(1, neighbour, env)
+    incoming = torch.gather(envs.T, 1, neighbour)
+
+    with torch.no_grad():  # the n_slots lowest envelopes of each row, in both layouts
+        src_order = torch.sort(env.detach(), dim=1, stable=True)[1][:, :n_slots]
+        dst_order = torch.sort(incoming.detach(), dim=1, stable=True)[1][:, :n_slots]
+        target = torch.gather(neighbour, 1, src_order)  # destination of each source slot
+        origin = torch.gather(neighbour, 1, dst_order)  # source of each destination slot
+        slots = torch.arange(n_slots, device=device).expand(n_atoms, n_slots)
+        src_slot = torch.zeros((n_atoms, n_atoms), dtype=torch.long, device=device).scatter(1, target, slots)
+        dst_slot = torch.zeros((n_atoms, n_atoms), dtype=torch.long, device=device).scatter(1, origin, slots)
+        to_src = (target * n_slots + torch.gather(dst_slot.T, 1, target)).reshape(-1)
+        to_dst = (origin * n_slots + torch.gather(src_slot.T, 1, origin)).reshape(-1)
+        needed = torch.maximum((env.detach() < 1.0).sum(dim=1).max(), (incoming.detach() < 1.0).sum(dim=1).max())
+    src_env = torch.gather(env, 1, src_order)
+    dst_env = torch.gather(incoming, 1, dst_order)
+    with torch.no_grad():  # empty slots of the two layouts paired in order: both maps are permutations
+        to_src, to_dst = pair_empty_slots(torch.isinf(src_env).reshape(-1), torch.isinf(dst_env).reshape(-1),
+                                          to_src, to_dst)
+    disp = torch.gather(disp, 1, src_order.unsqueeze(-1).expand(n_atoms, n_slots, 3))
+    center = torch.arange(n_atoms, device=device).unsqueeze(1).expand(n_atoms, n_slots).reshape(-1)
+    graph = NeighborGraph(center, torch.arange(n_atoms * n_slots, device=device), disp.reshape(-1, 3),
+                          src_env.reshape(-1), src_env, dst_env, to_dst, to_src)
+    return graph, needed
+
+
+def pair_empty_slots(src_empty: torch.Tensor, dst_empty: torch.Tensor, to_src: torch.Tensor,
+                     to_dst: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``to_src`` and ``to_dst`` with the n-th empty source slot and the n-th empty destination
+    slot (flat order) mapped onto each other; fixed shapes (the two layouts have equally many)."""
+    total = src_empty.shape[0]
+    flat = torch.arange(total, device=src_empty.device)
+    src_rank = torch.where(src_empty, torch.cumsum(src_empty.long(), 0) - 1, total)  # total: not empty
+    dst_rank = torch.where(dst_empty, torch.cumsum(dst_empty.long(), 0) - 1, total)
+    src_by_rank = torch.zeros(total + 1, dtype=flat.dtype, device=flat.device).scatter(0, src_rank, flat)
+    dst_by_rank = torch.zeros(total + 1, dtype=flat.dtype, device=flat.device).scatter(0, dst_rank, flat)
+    return (torch.where(src_empty, dst_by_rank[src_rank], to_src),
+            torch.where(dst_empty, src_by_rank[dst_rank], to_dst))
 
 
 def build_neighbor_graph(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,

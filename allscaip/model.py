@@ -263,6 +263,12 @@ class Backbone(nn.Module):
         graph: NeighborGraph = build_neighbor_graph(
             positions, cell, pbc, self.cutoff, self.knn_k, self.rank_scale, self.lse_scale,
             self.knn_delta, plan)
+        return self.featurize(graph, positions, atomic_numbers, cell, pbc, charge, spin, plan)
+
+    def featurize(self, graph: NeighborGraph, positions: torch.Tensor, atomic_numbers: torch.Tensor,
+                  cell: torch.Tensor, pbc: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor,
+                  plan: CellPlan) -> Tuple[torch.Tensor, BlockInputs]:
+        """``prepare`` from a given graph (parameter-free geometry aside from the input block)."""
         n_atoms, n_slots = graph.src_env.shape
         distance = safe_norm(graph.edge_disp)
         directions = unit_vectors(graph.edge_disp)

@@ -9,10 +9,12 @@ which is why the fast-path issue asks for a fixed slot width before compile is s
     .venv/bin/python benchmarks/compile_probe.py --waters 1 64
     .venv/bin/python benchmarks/compile_probe.py --waters 64 --pad-slots 8   # bucketed width
     .venv/bin/python benchmarks/compile_probe.py --gas --waters 1 5   # compile=True, no box
-    .venv/bin/python benchmarks/compile_probe.py --box --waters 64 --configurations 6  # compile=True, box
+    .venv/bin/python benchmarks/compile_probe.py --box --waters 64 216 --configurations 4  # compile=True, box
 
 ``--gas`` times what ``compile=True`` gives a molecule or cluster without a box instead: the
 whole call compiled (fixed-shape molecule graph, one graph), against the same model eager.
+``--box`` times ``compile=True`` in a box: the fused wide-cell graph (cells wider than twice the
+search radius) and, beside it, the network-only compilation that narrower cells get.
 
 The max differences compare with the unpadded eager call, so with ``--pad-slots`` they also
 check that the padding leaves the function unchanged.
@@ -64,18 +66,25 @@ def energy_forces(featurize, network, inputs):
 
 def model_probe(model, args) -> None:
     """Eager vs ``compile_network()`` model (what ``compile=True`` does), whole energy + forces
-    calls: without a box (``--gas``: the fused molecule graph), or in a box (``--box``: the
-    network with symbolic sizes) over rattled configurations whose slot counts P differ."""
+    calls over rattled configurations whose slot counts P differ: without a box (``--gas``: the
+    fused molecule graph), or in a box (``--box``: the fused wide-cell graph where the cell is
+    wide enough, and beside it the network-only compilation that narrower cells get)."""
     import copy
 
     from bench_ops import system
 
-    compiled_model = copy.deepcopy(model).compile_network()
-    what = "no box, whole call compiled" if args.gas else "box, network compiled with symbolic sizes"
-    print(f"{args.model.name}, float32, {args.threads} threads, {what} (compile=True) vs eager, "
-          f"{args.configurations} configurations")
-    print(f"{'waters':>6} {'atoms':>6} {'compile s':>10} {'graphs':>7} {'slot counts':>12} {'max |dE| eV':>12} "
-          f"{'max |dF| eV/A':>14} {'eager ms':>9} {'compiled ms':>12}")
+    variants = {"compiled": copy.deepcopy(model).compile_network()}
+    if args.box:
+        variants["network only"] = copy.deepcopy(model).compile_network()
+        variants["network only"].compiled.wide_failed = True  # what a narrow cell runs
+    what = "no box, whole call compiled" if args.gas else "box"
+    print(f"{args.model.name}, float32, {args.threads} threads, {what}, compile=True vs eager, "
+          f"{args.configurations} configurations; ms per energy + forces call (median)")
+    header = f"{'waters':>6} {'atoms':>6} {'eager P':>8}"
+    for name in variants:
+        header += f" {name + ' s':>16} {'graphs':>6} {'max |dF| eV/A':>14}"
+    header += f" {'eager ms':>9}" + "".join(f" {name + ' ms':>17}" for name in variants)
+    print(header)
     generator = torch.Generator().manual_seed(0)
     for waters in args.waters:
         base = system(waters, torch.float32, gas=args.gas)
@@ -83,25 +92,26 @@ def model_probe(model, args) -> None:
                           + base[1:] for index in range(args.configurations)]
         call = lambda m, inputs: [t.detach() for t in m(*inputs, True, False)[:2]]  # noqa: E731
         slots = sorted({int(model.backbone.prepare(*inputs)[0].shape[1]) for inputs in configurations})
-        before = compiled_model.compiled.compilations
-        start = time.perf_counter()
-        call(compiled_model, configurations[0])
-        compile_s = time.perf_counter() - start
-        max_de = max_df = 0.0
-        for inputs in configurations:
-            (energy, forces), (eager_energy, eager_forces) = call(compiled_model, inputs), call(model, inputs)
-            max_de = max(max_de, float((energy - eager_energy).abs()))
-            max_df = max(max_df, float((forces - eager_forces).abs().max()))
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        row = f"{waters:>6} {3 * waters:>6} {','.join(map(str, slots)):>8}"
+        for compiled_model in variants.values():
+            before = compiled_model.compiled.compilations
+            start = time.perf_counter()
+            call(compiled_model, configurations[0])
+            compile_s = time.perf_counter() - start
+            max_df = 0.0
+            for inputs in configurations:
+                (_, forces), (_, eager_forces) = call(compiled_model, inputs), call(model, inputs)
+                max_df = max(max_df, float((forces - eager_forces).abs().max()))
+            row += f" {compile_s:16.1f} {compiled_model.compiled.compilations - before:>6} {max_df:14.2e}"
+        times: dict[str, list[float]] = {name: [] for name in ["eager", *variants]}
         for _ in range(args.repeats):
             for inputs in configurations:
-                for name, m in (("eager", model), ("compiled", compiled_model)):
+                for name, m in (("eager", model), *variants.items()):
                     start = time.perf_counter()
                     call(m, inputs)
                     times[name].append(1e3 * (time.perf_counter() - start))
-        print(f"{waters:>6} {3 * waters:>6} {compile_s:10.1f} {compiled_model.compiled.compilations - before:>7} "
-              f"{','.join(map(str, slots)):>12} {max_de:12.2e} {max_df:14.2e} "
-              f"{statistics.median(times['eager']):9.2f} {statistics.median(times['compiled']):12.2f}", flush=True)
+        row += "".join(f" {statistics.median(times[name]):{9 if name == 'eager' else 17}.2f}" for name in times)
+        print(row, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gas", action="store_true",
                         help="the waters without a box, whole call compiled (compile=True)")
     parser.add_argument("--box", action="store_true",
-                        help="compile=True in a box: the network compiled with symbolic sizes")
+                        help="compile=True in a box: the fused wide-cell graph, and the network-only path")
     parser.add_argument("--configurations", type=int, default=1,
                         help="--gas/--box: rattled configurations timed (different slot counts)")
     args = parser.parse_args(argv)

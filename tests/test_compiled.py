@@ -109,6 +109,43 @@ def test_compiled_periodic_network_equals_eager_and_compiles_once_for_all_slot_c
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
+def test_compiled_wide_box_fuses_energy_and_gradients_and_widens_a_layout_that_overflows():
+    """A box wide enough for minimum images (64 waters, shipped model): energy and gradients in
+    one graph on fixed-width layouts. float64 energies, forces and virials equal eager; a
+    rattled configuration reuses the graph; a layout made too narrow on purpose is detected
+    and the call recomputed wider (compiled anew), never returning a cut-off result."""
+    from allscaip.reference.water import water_box
+
+    eager = shipped_model()
+    compiled = shipped_model().compile_network()
+    rng = np.random.default_rng(7)
+    atoms = water_box(64, density=1.0, seed=3)
+    rattled = atoms.copy()
+    rattled.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+
+    def inputs_of(frame):
+        return (torch.tensor(frame.positions), torch.tensor(frame.numbers), torch.tensor(frame.cell.array),
+                torch.tensor([True] * 3), torch.tensor(0), torch.tensor(1))
+
+    network = compiled.compiled
+    for frame in (atoms, rattled):
+        inputs = inputs_of(frame)
+        assert eager.backbone.cell_plan(inputs[2], inputs[3]).wide
+        for want, got in zip(eager(*inputs, True, True), compiled(*inputs, True, True)):
+            torch.testing.assert_close(got.detach(), want.detach(), rtol=0, atol=1e-9)
+    assert network.compilations == 1 and len(network.compile_seconds) == 1
+    assert network._network is None and not network.wide_failed  # not the network-only path
+    natural = int(eager.backbone.prepare(*inputs_of(rattled))[0].shape[1])
+    assert natural < network.wide_slots <= natural + 4  # the widest layout seen, plus a margin
+    network.wide_slots = natural - 2  # too narrow: some atom's edges would be cut off
+    inputs = inputs_of(rattled)
+    for want, got in zip(eager(*inputs, True, True), compiled(*inputs, True, True)):
+        torch.testing.assert_close(got.detach(), want.detach(), rtol=0, atol=1e-9)
+    assert network.wide_slots >= natural and network.compilations >= 2 and not network.wide_failed
+    torch._dynamo.reset()
+
+
 def test_failed_compilation_warns_and_falls_back_to_eager(monkeypatch):
     from allscaip.compiled import CompiledEnergy
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from allscaip.graph import build_neighbor_graph, wrap_positions
+from allscaip.graph import build_neighbor_graph, cell_plan, wide_cell_graph, wrap_positions
 
 CUTOFF, KNN_K, KNN_DELTA, RANK_SCALE, LSE_SCALE = 4.0, 8, 6, 0.2, 0.1
 
@@ -66,13 +66,17 @@ def reference_graph(positions, cell, pbc, cutoff=CUTOFF, k=KNN_K, delta=KNN_DELT
     return edges
 
 
-def built_graph(positions, cell, pbc) -> tuple[dict, object]:
+def built_graph(positions, cell, pbc, wide_slots: int = 0) -> tuple[dict, object]:
     """The builder's kept edges as {(i, j, n): env}, and its raw output. (A small molecule's
-    fixed-shape graph also lists the pairs it masks, at env = +inf: they are not edges.)"""
+    fixed-shape graph also lists the pairs it masks, at env = +inf: they are not edges.)
+    ``wide_slots``: build with ``wide_cell_graph`` and that many slots instead."""
     pos = torch.tensor(positions, dtype=torch.float64)
     box = torch.tensor(cell, dtype=torch.float64)
     flags = torch.tensor(pbc)
-    graph = build_neighbor_graph(pos, box, flags, CUTOFF, KNN_K, RANK_SCALE, LSE_SCALE, KNN_DELTA)
+    if wide_slots:
+        graph, _ = wide_cell_graph(pos, box, flags, CUTOFF, KNN_K, RANK_SCALE, LSE_SCALE, KNN_DELTA, wide_slots)
+    else:
+        graph = build_neighbor_graph(pos, box, flags, CUTOFF, KNN_K, RANK_SCALE, LSE_SCALE, KNN_DELTA)
     n_slots = graph.src_env.shape[1]
     src = graph.edge_center.numpy()
     disp = graph.edge_disp.detach().numpy()
@@ -130,13 +134,22 @@ def case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         positions, cell = water(8, 7.0, 5)
         cell[2, 2] = 30.0
         pbc = np.array([True, True, False])
+    elif name == "wide_triclinic":  # plane spacings 9.7-9.8 Å > 2 (cutoff + 4 s)
+        positions, _ = water(40, 10.0, 6)
+        cell = np.array([[10.0, 0.0, 0.0], [1.5, 9.9, 0.0], [-1.0, 0.8, 9.8]])
+        pbc = np.array([True] * 3)
+    elif name == "wide_slab":
+        positions, cell = water(40, 10.0, 7)
+        cell[2, 2] = 30.0
+        pbc = np.array([True, True, False])
     else:
         raise KeyError(name)
     wrapped = wrap_positions(torch.tensor(positions), torch.tensor(cell), torch.tensor(pbc)).numpy()
     return wrapped, cell, pbc
 
 
-@pytest.mark.parametrize("name", ["molecule", "small_molecule", "wide_box", "tiny_box", "triclinic", "slab"])
+@pytest.mark.parametrize("name", ["molecule", "small_molecule", "wide_box", "tiny_box", "triclinic", "slab",
+                                  "wide_triclinic"])
 def test_edges_and_envelopes_match_the_brute_force_reference(name):
     positions, cell, pbc = case(name)
     expected = reference_graph(positions, cell, pbc)
@@ -149,10 +162,12 @@ def test_edges_and_envelopes_match_the_brute_force_reference(name):
         assert got[(i, i, (0, 0, 0))] == 0.0
 
 
-@pytest.mark.parametrize("name", ["small_molecule", "wide_box", "tiny_box", "triclinic"])
+@pytest.mark.parametrize("name", ["small_molecule", "wide_box", "tiny_box", "triclinic", "wide:wide_box",
+                                  "wide:wide_triclinic", "wide:wide_slab"])
 def test_padded_layouts_are_sorted_and_mutually_inverse(name):
-    positions, cell, pbc = case(name)
-    _, graph = built_graph(positions, cell, pbc)
+    wide = name.startswith("wide:")
+    positions, cell, pbc = case(name.removeprefix("wide:"))
+    _, graph = built_graph(positions, cell, pbc, wide_slots=KNN_K + KNN_DELTA if wide else 0)
     count, slots = graph.src_env.shape
     for env in (graph.src_env, graph.dst_env):
         assert torch.all(env[:, 0] == 0.0)  # slot 0: the atom itself
@@ -183,3 +198,28 @@ def test_ties_in_a_lattice_give_every_atom_the_same_neighbourhood():
     mine = sorted(round(v, 9) for (i, _, _), v in got.items() if i == 0)
     theirs = sorted(round(v, 9) for (i, _, _), v in expected.items() if i == 0)
     assert mine == theirs
+
+
+@pytest.mark.parametrize("name", ["wide_box", "wide_triclinic", "wide_slab"])
+def test_wide_cell_graph_has_the_reference_edges_in_fixed_shapes_and_reports_its_width(name):
+    """``wide_cell_graph`` (fixed shapes, for compiled calls) keeps the reference's edges with
+    the same envelopes; its layouts have the width asked for, and it reports the width the
+    general builder needs, so that a too narrow layout (edges cut off) is detected."""
+    positions, cell, pbc = case(name)
+    plan = cell_plan(torch.tensor(cell), torch.tensor(pbc), CUTOFF, CUTOFF + 4.0 * RANK_SCALE)
+    assert plan.wide
+    expected = reference_graph(positions, cell, pbc)
+    _, searched = built_graph(positions, cell, pbc)
+    needed_width = searched.src_env.shape[1]
+    for slots in (needed_width, KNN_K + KNN_DELTA):
+        got, graph = built_graph(positions, cell, pbc, wide_slots=slots)
+        assert graph.src_env.shape == graph.dst_env.shape == (len(positions), slots)
+        assert set(got) == set(expected)
+        assert max(abs(got[e] - expected[e]) for e in expected) < 1e-12
+    args = [torch.tensor(positions), torch.tensor(cell), torch.tensor(pbc), CUTOFF, KNN_K, RANK_SCALE,
+            LSE_SCALE, KNN_DELTA]
+    assert int(wide_cell_graph(*args, needed_width)[1]) == needed_width
+    narrow, needed = wide_cell_graph(*args, needed_width - 1)
+    assert int(needed) == needed_width
+    kept = [int(torch.isfinite(env).sum()) for env in (narrow.src_env, narrow.dst_env)]
+    assert min(kept) < len(expected)  # edges were cut off in the layout that needed the width
