@@ -9,7 +9,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from allscaip.attention import (NeighborhoodAttention, NodeAttention, gather_slots, gradients,
+from allscaip.attention import (NeighborhoodAttention, NodeAttention, compiling, gather_slots, gradients,
                                 legendre_weights, rms_norm)
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
@@ -80,7 +80,7 @@ class InputBlock(nn.Module):
         linear = self.edge_attr_linear[0]
         n_gauss = linear.weight.shape[1] - edge_harmonics.shape[1]
         distance_weight = linear.weight[:, :n_gauss].T.contiguous()  # (G, H)
-        if self.training:  # double-differentiable path (force training)
+        if self.training or compiling():  # double-differentiable (force training); fuses when compiled
             dense = torch.zeros((gauss_value.shape[0], n_gauss), dtype=gauss_value.dtype,
                                 device=gauss_value.device).scatter_add(1, gauss_index, gauss_value)
             pre = dense @ distance_weight
