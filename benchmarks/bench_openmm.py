@@ -8,7 +8,7 @@ bare ms - 1; ns/day at the integrated timestep.
 
     .venv/bin/python benchmarks/bench_openmm.py --waters 64 216 512 1000
     .venv/bin/python benchmarks/bench_openmm.py --model models/allscaip-spcfw-water/model.pt \
-        --waters 64 216 --dtypes float32
+        --waters 64 216 --dtypes float32 --compile   # --compile: also PythonForce + torch.compile
     # the protocols' gas phase: one water, no box, Reference platform, Langevin at 1.5 fs;
     # TorchForce vs PythonForce vs PythonForce with torch.compile (protocol --compile)
     .venv/bin/python benchmarks/bench_openmm.py --model models/allscaip-spcfw-water/model.pt --gas
@@ -43,19 +43,19 @@ def water_topology(atoms):
     return topology
 
 
-def time_openmm(model_file, atoms, dtype, backend, steps, timestep_fs):
+def time_openmm(model_file, atoms, dtype, backend, steps, timestep_fs, compile=False):
     import openmm
     from openmm import unit
 
     from allscaip.plugins.openmm import create_system
 
     topology = water_topology(atoms)
-    system = create_system(topology, model_file, dtype=dtype, backend=backend)
+    system = create_system(topology, model_file, dtype=dtype, backend=backend, compile=compile)
     integrator = openmm.VerletIntegrator(timestep_fs * unit.femtosecond)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(atoms.positions / 10.0)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-    integrator.step(3)  # warm-up (TorchScript optimises after its first calls)
+    integrator.step(3)  # warm-up (TorchScript optimises after its first calls; compile=True compiles)
     start = time.perf_counter()
     integrator.step(steps)
     return 1000 * (time.perf_counter() - start) / steps
@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--gas", action="store_true",
                         help="time the protocols' gas-phase molecule instead of water boxes")
     parser.add_argument("--rounds", type=int, default=5, help="--gas: blocks of --steps steps timed")
+    parser.add_argument("--compile", action="store_true",
+                        help="boxes: also PythonForce with compile=True (the fused wide-cell graph)")
     args = parser.parse_args()
     timestep = args.timestep_fs or (1.5 if args.model else 0.25)
     torch.set_num_threads(args.threads)
@@ -152,7 +154,7 @@ def main() -> None:
         print(f"OpenMM CPU platform, {Path(model_file).name}, {args.threads} threads, Verlet {timestep} fs, "
               "ms per step (ns/day)")
         print(f"{'waters':>6} {'atoms':>6} {'dtype':>8} {'bare call':>10} {'TorchForce':>18} "
-              f"{'PythonForce':>18} {'TF overhead':>11}")
+              f"{'PythonForce':>18} {'TF overhead':>11}" + (f" {'PythonForce + compile':>22}" if args.compile else ""))
         for waters in args.waters:
             atoms = water_box(waters)
             for dtype in args.dtypes:
@@ -160,9 +162,13 @@ def main() -> None:
                 torchforce = time_openmm(model_file, atoms, dtype, "torchforce", args.steps, timestep)
                 python = time_openmm(model_file, atoms, dtype, "python", args.steps, timestep)
                 per_day = lambda ms: timestep * 1e-6 * 86400e3 / ms
-                print(f"{waters:>6} {len(atoms):>6} {dtype:>8} {bare:10.1f} "
-                      f"{torchforce:9.1f} ({per_day(torchforce):6.3f}) {python:9.1f} ({per_day(python):6.3f}) "
-                      f"{100 * (torchforce / bare - 1):10.1f}%", flush=True)
+                row = (f"{waters:>6} {len(atoms):>6} {dtype:>8} {bare:10.1f} "
+                       f"{torchforce:9.1f} ({per_day(torchforce):6.3f}) {python:9.1f} ({per_day(python):6.3f}) "
+                       f"{100 * (torchforce / bare - 1):10.1f}%")
+                if args.compile:
+                    compiled = time_openmm(model_file, atoms, dtype, "python", args.steps, timestep, compile=True)
+                    row += f" {compiled:13.1f} ({per_day(compiled):6.3f})"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

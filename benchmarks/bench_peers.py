@@ -8,6 +8,7 @@ MACE is never a dependency of this project: ``--install`` puts pinned wheels int
 
     .venv/bin/python benchmarks/bench_peers.py --install        # once (~140 MB)
     .venv/bin/python benchmarks/bench_peers.py --waters 1 64 216
+    .venv/bin/python benchmarks/bench_peers.py --waters 64 216 --compile   # also ours with compile=True
 
 Calls of the two models alternate (ours, MACE small, MACE medium, ours, ...) so that a change
 of the machine's load hits all of them; medians are printed with the ratio peer / ours.
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waters", type=int, nargs="+", default=[1, 64, 216])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="also ours with compile=True (ratios are then to the compiled call)")
     args = parser.parse_args(argv)
     if args.install:
         install()
@@ -111,27 +114,32 @@ def main(argv: list[str] | None = None) -> int:
     from allscaip.io import load_model
 
     ours = load_model(str(args.model)).float().eval()
+    compiled = load_model(str(args.model)).float().eval().compile_network() if args.compile else None
+    reference = "ours compiled" if args.compile else "ours"
     peers = {size: mace_model(size) for size in MACE_SIZES}
     print(f"float32, {args.threads} threads, one energy + forces call (median of {args.repeats}); "
           f"parameters: ours ({args.model.parent.name}) {parameters(ours):,}, "
           + ", ".join(f"MACE {size} {parameters(m):,}" for size, m in peers.items()))
-    print(f"{'waters':>6} {'atoms':>6} {'ours ms':>8} " + " ".join(f"{'MACE ' + s + ' ms':>16} {'ratio':>6}"
-                                                           for s in peers))
+    print(f"{'waters':>6} {'atoms':>6} {'ours ms':>8} " + (f"{'ours compiled ms':>17} " if args.compile else "")
+          + " ".join(f"{'MACE ' + s + ' ms':>16} {'ratio':>6}" for s in peers) + f"   (ratio: MACE / {reference})")
     for waters in args.waters:
         atoms = water_box(waters)
         calls = {"ours": our_call(ours, atoms)}
+        if compiled is not None:
+            calls["ours compiled"] = our_call(compiled, atoms)
         calls.update({size: mace_call(model, atoms) for size, model in peers.items()})
         times: dict[str, list[float]] = {name: [] for name in calls}
         for name, call in calls.items():
-            call()  # warm-up
+            call()  # warm-up (compile=True compiles here)
         for _ in range(args.repeats):
             for name, call in calls.items():
                 start = time.perf_counter()
                 call()
                 times[name].append(1e3 * (time.perf_counter() - start))
         median = {name: statistics.median(values) for name, values in times.items()}
-        print(f"{waters:>6} {len(atoms):>6} {median['ours']:8.1f} " + " ".join(
-            f"{median[s]:16.1f} {median[s] / median['ours']:5.1f}x" for s in peers), flush=True)
+        print(f"{waters:>6} {len(atoms):>6} {median['ours']:8.1f} "
+              + (f"{median['ours compiled']:17.1f} " if args.compile else "") + " ".join(
+            f"{median[s]:16.1f} {median[s] / median[reference]:5.1f}x" for s in peers), flush=True)
     return 0
 
 
