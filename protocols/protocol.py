@@ -89,8 +89,8 @@ def make_phase(settings: ProtocolSettings, kind: str, pdb: Path, out: Path, step
                  friction=settings.friction if liquid else settings.gas_friction, seed=seed,
                  charge=settings.charge, spin=settings.spin, hydrogen_mass=settings.hydrogen_mass,
                  precision=settings.precision,
-                 backend="python" if settings.compile and not liquid else "torchforce",
-                 compile=settings.compile and not liquid,
+                 backend="python" if settings.compile else "torchforce",
+                 compile=settings.compile,
                  # one molecule: OpenMM's Reference platform has far less overhead than CPU
                  platform=settings.platform if liquid else "Reference",
                  barostat_interval=settings.barostat_interval,

@@ -61,7 +61,7 @@ class ProtocolSettings:
     platform: str = "auto"  # OpenMM platform of the liquid: CUDA when available, else CPU
     quick: bool = False
     forcefield: str | None = None  # classical potential (spcfw or an OpenMM XML) instead of a model
-    compile: bool = False  # gas-phase molecule through PythonForce + torch.compile (openmm engine)
+    compile: bool = False  # the model through PythonForce + torch.compile (openmm engine)
     workers: int = 1  # replicas simulated at once, each in its own process (speed, not the run)
 
     @property
@@ -83,7 +83,7 @@ class ProtocolSettings:
         if self.forcefield is not None and self.engine != "openmm":
             raise ValueError("--forcefield runs on the openmm engine only")
         if self.compile and (self.engine != "openmm" or self.forcefield is not None):
-            raise ValueError("--compile applies to a model on the openmm engine (its gas-phase molecule)")
+            raise ValueError("--compile applies to a model on the openmm engine")
         positive = ("n_molecules", "temperature", "timestep", "production", "report_interval",
                     "replicas", "friction", "gas_friction", "workers")
         for name in positive:

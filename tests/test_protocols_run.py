@@ -231,6 +231,19 @@ def test_forcefield_input_errors(tiny_model, tmp_path, capsys):
             "--compile", *wrong, "--out", str(tmp_path / "compiled"))
 
 
+def test_compile_runs_the_liquid_and_the_gas_phase_through_the_compiled_pythonforce(tmp_path):
+    """``--compile``: both phases on PythonForce + torch.compile (the liquid's box gets the fused
+    wide-cell graph when it is wide enough); without it both stay on TorchForce."""
+    from allscaip.protocols.settings import ProtocolSettings
+
+    for compile in (False, True):
+        settings = ProtocolSettings(command="liquid", molecule="water", model="m.pt", out=str(tmp_path),
+                                    compile=compile)
+        for kind in ("liquid", "gas"):
+            phase = protocol_module.make_phase(settings, kind, tmp_path / "box.pdb", tmp_path, 10, 1)
+            assert (phase.backend, phase.compile) == (("python", True) if compile else ("torchforce", False))
+
+
 @pytest.mark.slow
 def test_killed_process_resumes(tiny_model, tmp_path):
     """SIGKILL a protocol subprocess mid-run; --resume keeps every sample written before it."""
