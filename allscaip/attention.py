@@ -24,16 +24,6 @@ def rms_norm(size: int) -> nn.RMSNorm:
     return nn.RMSNorm(size, eps=torch.finfo(torch.float32).eps)
 
 
-def compiling() -> bool:
-    """Whether ``torch.compile`` is tracing this call (False under TorchScript). Some operations
-    are written differently for inductor, which fuses element-wise products with their sums,
-    than for eager or TorchScript, which run them best as library calls; both compute the same."""
-    if torch.jit.is_scripting():
-        return False
-    else:
-        return torch.compiler.is_compiling()
-
-
 def gradients(outputs: List[torch.Tensor], inputs: List[torch.Tensor],
               grad_outputs: List[torch.Tensor]) -> List[torch.Tensor]:
     """torch.autograd.grad keeping the graph, with zeros for inputs that do not matter."""

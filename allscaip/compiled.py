@@ -134,8 +134,8 @@ class CompiledEnergy:
             self._wide_fused = torch.compile(self._wide_gradients, backend=self._molecule_backend, dynamic=False)
         while True:
             with torch.no_grad():
-                value, gradients, needed = self._wide_fused(positions.detach(), strain.detach(), atomic_numbers, cell,
-                                                      pbc, charge, spin, plan, self.wide_slots)
+                value, gradients, needed = self._wide_fused(positions.detach(), strain.detach(), atomic_numbers,
+                                                            cell, pbc, charge, spin, plan, self.wide_slots)
             if int(needed) <= self.wide_slots:
                 return value, list(gradients[:count])
             logger.info("a wide-cell layout needed %d slots (had %d): recomputing wider",

@@ -129,6 +129,15 @@ def test_compiled_wide_box_fuses_energy_and_gradients_and_widens_a_layout_that_o
                 torch.tensor([True] * 3), torch.tensor(0), torch.tensor(1))
 
     network = compiled.compiled
+    # the function that is compiled, run eagerly: equals the model whatever inductor does here
+    inputs = inputs_of(rattled)
+    plan = eager.backbone.cell_plan(inputs[2], inputs[3])
+    strain = torch.zeros(3, 3, dtype=torch.float64)
+    value, (d_positions, d_strain), _ = network._wide_gradients(inputs[0], strain, inputs[1], inputs[2], inputs[3],
+                                                                inputs[4], inputs[5], plan, 36)
+    _, want_forces, want_virial = eager(*inputs, True, True)
+    torch.testing.assert_close(-eager.force_scale * d_positions, want_forces.detach(), rtol=0, atol=1e-9)
+    torch.testing.assert_close(-eager.stress_scale * d_strain, want_virial.detach(), rtol=0, atol=1e-9)
     for frame in (atoms, rattled):
         inputs = inputs_of(frame)
         assert eager.backbone.cell_plan(inputs[2], inputs[3]).wide
