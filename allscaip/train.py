@@ -2,6 +2,8 @@
 
 - Loss: weighted sum of mean squared errors of energy per atom, force components and stress
   components, each divided by the variance of its training labels (weights are unit-free).
+  With ``loss.energy_per_phase`` a frame's energy error is divided by the variance of its own
+  phase's energies (periodic frames or isolated ones) instead of all frames'.
 - Element energy references fitted by least squares on the training set; the network learns
   the rest, scaled by the RMS force.
 - AdamW, linear warm-up then cosine decay, gradient-norm clipping, EMA weights (used for
@@ -166,12 +168,30 @@ class Trainer:
             scale = math.sqrt(self.force_variance)
             model = AllScAIP(model_config, energy_scale=scale, force_scale=scale, stress_scale=scale,
                              element_references=references).to(self.dtype)
-        residuals = [(f.energy - float(model.element_references[f.numbers].sum())) / f.n_atoms
-                     for f in self.train_frames]
-        self.energy_variance = max(float(np.var(residuals)), 1e-12)
+        residuals: dict[bool | None, list[float]] = {}
+        for frame in self.train_frames:
+            residual = (frame.energy - float(model.element_references[frame.numbers].sum())) / frame.n_atoms
+            residuals.setdefault(self.energy_phase(frame), []).append(residual)
+        self.energy_variances = {phase: max(float(np.var(values)), 1e-12) for phase, values in residuals.items()}
         for frame in self.train_frames + self.validation_frames + self.test_frames:  # once, not per step
             model.check_inputs(frame.positions, frame.numbers, frame.cell, frame.pbc)
+        for frame in self.validation_frames:
+            self.energy_variance(frame)  # a phase without training frames is an error now
         return model.to(self.device).train()
+
+    def energy_phase(self, frame: FrameTensors) -> bool | None:
+        """The group whose energy variance normalises ``frame``'s energy error: periodic or not
+        with ``loss.energy_per_phase``, otherwise one group for all frames."""
+        return bool(frame.pbc.any()) if self.config.loss.energy_per_phase else None
+
+    def energy_variance(self, frame: FrameTensors) -> float:
+        phase = self.energy_phase(frame)
+        if phase not in self.energy_variances:
+            kind = "periodic" if phase else "non-periodic"
+            raise ValueError(f"loss.energy_per_phase: no {kind} frame among the training frames to set the scale "
+                             f"of this {kind} frame's energy; add such frames to data.train or data.extra, "
+                             "or set energy_per_phase: false")
+        return self.energy_variances[phase]
 
     # ----------------------------------------------------------------- optimisation
     def learning_rate(self, step: int) -> float:
@@ -207,12 +227,12 @@ class Trainer:
         else:
             predictions = []
         for frame, (energy, forces, stress) in zip(mine, predictions):
-            energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2
+            energy_sum = energy_sum + ((energy - frame.energy) / frame.n_atoms) ** 2 / self.energy_variance(frame)
             if frame.forces is not None:
                 force_sum = force_sum + (forces - frame.forces).square().sum().double()
             if stress is not None:
                 stress_sum = stress_sum + (stress - frame.stress).square().sum().double()
-        terms = {"energy": energy_sum / n_frames / self.energy_variance,
+        terms = {"energy": energy_sum / n_frames,
                  "forces": force_sum / max(n_force, 1) / self.force_variance,
                  "stress": stress_sum / max(n_stress, 1) / self.stress_variance}
         loss = weights.energy * terms["energy"] + weights.forces * terms["forces"] + weights.stress * terms["stress"]
@@ -375,9 +395,20 @@ class Trainer:
                     "training_config": portable(self.config.to_dict())}
         save_model(model, model.config, path, metadata)
 
-    def validation_loss(self, metrics: dict) -> float:
-        weights, loss = self.config.loss, 0.0
-        loss += weights.energy * (metrics["energy_rmse_mev_atom"] * 1e-3) ** 2 / self.energy_variance
+    def validation_loss(self, model: AllScAIP, metrics: dict) -> float:
+        """The training loss's weighted terms on the validation frames (``metrics``: their errors)."""
+        weights = self.config.loss
+        if weights.energy_per_phase:  # each phase's mean squared error over its own variance
+            energy_term = 0.0
+            for phase in (False, True):
+                frames = [f for f in self.validation_frames if self.energy_phase(f) == phase]
+                if frames:
+                    rmse = error_metrics(model, frames)["energy_rmse_mev_atom"] * 1e-3
+                    energy_term += len(frames) * rmse**2 / self.energy_variances[phase]
+            energy_term /= len(self.validation_frames)
+        else:
+            energy_term = (metrics["energy_rmse_mev_atom"] * 1e-3) ** 2 / self.energy_variances[None]
+        loss = weights.energy * energy_term
         if "force_rmse_mev_a" in metrics:
             loss += weights.forces * (metrics["force_rmse_mev_a"] * 1e-3) ** 2 / self.force_variance
         if "stress_rmse_mev_a3" in metrics:
@@ -392,9 +423,9 @@ class Trainer:
             totals = self.train_epoch()
             self.epoch += 1
             if self.rank == 0:
-                metrics = (error_metrics(self.ema_model().to(self.device), self.validation_frames)
-                           if self.validation_frames else {})
-                validation = self.validation_loss(metrics) if metrics else totals["loss"]
+                model = self.ema_model().to(self.device)
+                metrics = error_metrics(model, self.validation_frames) if self.validation_frames else {}
+                validation = self.validation_loss(model, metrics) if metrics else totals["loss"]
                 record = {"epoch": self.epoch, "step": self.step, "lr": self.learning_rate(self.step),
                           "train_loss": totals["loss"], "validation_loss": validation,
                           "seconds": round(self.epoch_seconds, 2),

@@ -43,6 +43,9 @@ class LossWeights:
     energy: float = 1.0
     forces: float = 1.0
     stress: float = 0.1
+    # Divide each frame's energy error by the spread of its own phase (periodic or not) rather
+    # than of all frames: the gas-liquid gap sets the latter, which drowns the liquid's energies.
+    energy_per_phase: bool = False
 
 
 @dataclass

@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from allscaip.data import read_frames, write_shard
+from allscaip.data import read_frames, split_indices, write_shard
 from allscaip.evaluate import error_metrics
 from allscaip.io import load_model, read_model_file
 from allscaip.reference.datagen import DatagenSettings, Run, sample_run
@@ -88,7 +89,8 @@ def tiny_config(data, **changes):
 def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_path):
     config = tiny_config(water_data)
     trainer = Trainer(config, tmp_path, progress=False)
-    before = trainer.validation_loss(error_metrics(trainer.ema_model(), trainer.validation_frames))
+    model = trainer.ema_model()
+    before = trainer.validation_loss(model, error_metrics(model, trainer.validation_frames))
     results = trainer.run()
     after = trainer.history[-1]["validation_loss"]
     assert after < 0.7 * before
@@ -211,7 +213,8 @@ def test_fine_tuning_starts_from_a_converted_fairchem_checkpoint(water_data, tmp
                                                                             "warmup_steps": 1, "lr": 1e-3})
     trainer = Trainer(config, tmp_path / "run", progress=False)
     assert trainer.model.config.hidden_size == load_model(start).config.hidden_size
-    before = trainer.validation_loss(error_metrics(trainer.ema_model(), trainer.validation_frames))
+    model = trainer.ema_model()
+    before = trainer.validation_loss(model, error_metrics(model, trainer.validation_frames))
     trainer.run()
     assert trainer.history[-1]["validation_loss"] < before
 
@@ -313,3 +316,49 @@ def test_fine_tuning_may_widen_the_neighbourhood_and_keeps_the_weights(water_dat
     with pytest.raises(ValueError, match="change the shapes of the network's weights"):
         Trainer(tiny_config(water_data, model={"edge_distance_expansion_size": 32}, init_from=str(tmp_path / "start" / "model.pt")),
                 tmp_path / "bigger", progress=False)
+
+
+def test_per_phase_energy_normalisation_divides_each_frame_by_its_phase_variance(water_data, tmp_path):
+    """energy_per_phase: periodic and isolated frames' energy errors are each divided by the
+    variance of their own phase's training energies, in the training and the validation loss."""
+    plain = Trainer(tiny_config(water_data), tmp_path / "plain", progress=False)
+    config = tiny_config(water_data, loss={"energy": 1.0, "forces": 0.0, "stress": 0.0, "energy_per_phase": True})
+    trainer = Trainer(config, tmp_path / "phase", progress=False)
+    references = trainer.model.element_references.detach()
+    residuals = {True: [], False: []}
+    for frame in trainer.train_frames:
+        residuals[bool(frame.pbc.any())].append((frame.energy - float(references[frame.numbers].sum())) / frame.n_atoms)
+    assert set(trainer.energy_variances) == {True, False}
+    for phase, values in residuals.items():
+        assert trainer.energy_variances[phase] == pytest.approx(np.var(values), rel=1e-12)
+    assert plain.energy_variances[None] == pytest.approx(np.var(residuals[True] + residuals[False]), rel=1e-12)
+    assert trainer.energy_variances[True] < plain.energy_variances[None]  # the liquid gets its own scale
+
+    liquid = [f for f in trainer.train_frames if f.pbc.any()]
+    batch = liquid[:2] + [f for f in trainer.train_frames if not f.pbc.any()][:2]
+    trainer.config.rotation_augmentation = False
+    _, terms = trainer.batch_loss(batch, np.random.default_rng(0))
+    model = trainer.model
+    expected = 0.0
+    for frame in batch:
+        energy = model(frame.positions, frame.numbers, frame.cell, frame.pbc, frame.charge, frame.spin,
+                       compute_forces=False)[0]
+        expected += (float(energy.detach()) - frame.energy) ** 2 / frame.n_atoms**2 / trainer.energy_variances[bool(frame.pbc.any())]
+    assert terms["energy"] == pytest.approx(expected / len(batch), rel=1e-9)
+
+    validation = trainer.ema_model()
+    frames = trainer.validation_frames
+    assert {bool(f.pbc.any()) for f in frames} == {True, False}
+    errors = [(float(validation(f.positions, f.numbers, f.cell, f.pbc, f.charge, f.spin, compute_forces=False)[0])
+               - f.energy) / f.n_atoms for f in frames]
+    expected = np.mean([e**2 / trainer.energy_variances[bool(f.pbc.any())] for e, f in zip(errors, frames)])
+    assert trainer.validation_loss(validation, error_metrics(validation, frames)) == pytest.approx(expected, rel=1e-9)
+
+    frames = read_frames(water_data)
+    one_gas = [f for f in frames if any(f.pbc)] + [f for f in frames if not any(f.pbc)][:1]
+    data = write_shard(one_gas, tmp_path / "one_gas.npz")
+    seed = next(s for s in range(100) if len(one_gas) - 1 in split_indices(len(one_gas), s, 0.25, 0.0)["validation"])
+    config = tiny_config(data, loss={"energy_per_phase": True})
+    config.data.split_seed = seed
+    with pytest.raises(ValueError, match="no non-periodic frame among the training frames"):
+        Trainer(config, tmp_path / "gas_in_validation_only", progress=False)
