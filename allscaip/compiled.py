@@ -90,13 +90,13 @@ class CompiledEnergy:
             self._network = torch.compile(self.model.network_energy, backend=self._backend, dynamic=True)
         return self._network(x, inputs)
 
-    def _molecule_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan):
-        """Raw energy and its gradients with respect to the positions and the strain."""
+    def _molecule_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, count: int):
+        """Raw energy and its gradients with respect to the positions and (``count`` 2) the strain."""
         def energy(p, s):
             strained_positions, strained_cell = apply_strain(p, cell, s)
             return self.eager_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin, plan)
 
-        gradients, value = torch.func.grad_and_value(energy, argnums=(0, 1))(positions, strain)
+        gradients, value = torch.func.grad_and_value(energy, argnums=(0, 1)[:count])(positions, strain)
         return value, gradients
 
     def wide_cell_energy(self, positions, atomic_numbers, cell, pbc, charge, spin, plan, n_slots: int):
@@ -108,15 +108,17 @@ class CompiledEnergy:
         x, inputs = backbone.featurize(graph, positions, atomic_numbers, cell, pbc, charge, spin, plan)
         return self.model.network_energy(x, inputs), needed
 
-    def _wide_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, n_slots: int):
-        """Raw energy, its gradients with respect to the positions and the strain, and the slot
-        count the layouts needed."""
+    def _wide_gradients(self, positions, strain, atomic_numbers, cell, pbc, charge, spin, plan, n_slots: int,
+                        count: int):
+        """Raw energy, its gradients with respect to the positions and (``count`` 2) the strain,
+        and the slot count the layouts needed. Forces alone (``count`` 1, e.g. OpenMM) are a
+        graph of their own that skips the strain's gradient."""
         def energy(p, s):
             strained_positions, strained_cell = apply_strain(p, cell, s)
             return self.wide_cell_energy(strained_positions, atomic_numbers, strained_cell, pbc, charge, spin,
                                          plan, n_slots)
 
-        gradients, (value, needed) = torch.func.grad_and_value(energy, argnums=(0, 1), has_aux=True)(
+        gradients, (value, needed) = torch.func.grad_and_value(energy, argnums=(0, 1)[:count], has_aux=True)(
             positions, strain)
         return value, gradients, needed
 
@@ -135,9 +137,9 @@ class CompiledEnergy:
         while True:
             with torch.no_grad():
                 value, gradients, needed = self._wide_fused(positions.detach(), strain.detach(), atomic_numbers,
-                                                            cell, pbc, charge, spin, plan, self.wide_slots)
+                                                            cell, pbc, charge, spin, plan, self.wide_slots, count)
             if int(needed) <= self.wide_slots:
-                return value, list(gradients[:count])
+                return value, list(gradients)
             logger.info("a wide-cell layout needed %d slots (had %d): recomputing wider",
                         int(needed), self.wide_slots)
             self.wide_slots = min(widest, int(needed) + SLOT_MARGIN)
@@ -158,8 +160,8 @@ class CompiledEnergy:
                                                 dynamic=False)
                 with torch.no_grad():
                     value, gradients = self._fused(positions.detach(), strain.detach(), atomic_numbers, cell,
-                                                   pbc, charge, spin, plan)
-                return value, list(gradients[:len(inputs)])
+                                                   pbc, charge, spin, plan, len(inputs))
+                return value, list(gradients)
 
             def unfused():
                 return self.energy_and_gradients(positions, strain, atomic_numbers, cell, pbc, charge, spin,

@@ -68,14 +68,14 @@ def test_compiled_molecule_equals_eager_and_compiles_once_in_a_steady_run():
     _, eager_forces, eager_virial = eager.model(*inputs, True, True)
     torch.testing.assert_close(virial, eager_virial.detach(), rtol=0, atol=1e-10)
     torch.testing.assert_close(forces, eager_forces, rtol=0, atol=1e-10)
-    assert network.compilations == 1
+    assert network.compilations == 2  # with the virial: a graph of its own (forces alone skip the strain)
     other = molecule("H2O2")  # another atom count: its own graph, the first one kept
     (e_other, f_other), = energies_and_forces(compiled, [other])
     (e_expected, f_expected), = energies_and_forces(eager, [other])
     assert e_other == pytest.approx(e_expected, abs=1e-10)
     np.testing.assert_allclose(f_other, f_expected, rtol=0, atol=1e-10)
     energies_and_forces(compiled, frames[:1])
-    assert network.compilations == 2 and not network.failed and not network.fused_failed
+    assert network.compilations == 3 and not network.failed and not network.fused_failed
     restored = pickle.loads(pickle.dumps(compiled.model))  # PythonForce Systems are pickled
     assert restored.use_compiled and restored.compiled.compilations == 0
 
@@ -134,7 +134,7 @@ def test_compiled_wide_box_fuses_energy_and_gradients_and_widens_a_layout_that_o
     plan = eager.backbone.cell_plan(inputs[2], inputs[3])
     strain = torch.zeros(3, 3, dtype=torch.float64)
     value, (d_positions, d_strain), _ = network._wide_gradients(inputs[0], strain, inputs[1], inputs[2], inputs[3],
-                                                                inputs[4], inputs[5], plan, 36)
+                                                                inputs[4], inputs[5], plan, 36, 2)
     _, want_forces, want_virial = eager(*inputs, True, True)
     torch.testing.assert_close(-eager.force_scale * d_positions, want_forces.detach(), rtol=0, atol=1e-9)
     torch.testing.assert_close(-eager.stress_scale * d_strain, want_virial.detach(), rtol=0, atol=1e-9)
@@ -148,6 +148,11 @@ def test_compiled_wide_box_fuses_energy_and_gradients_and_widens_a_layout_that_o
             pytest.skip("inductor could not compile the fused wide-cell graph on this machine (see the warning)")
     assert network.compilations == 1 and len(network.compile_seconds) == 1
     assert network._network is None and not network.wide_failed  # not the network-only path
+    energy, forces = compiled(*inputs, True, False)[:2]  # forces alone: a graph without the strain's gradient
+    want_energy, want_forces = eager(*inputs, True, False)[:2]
+    torch.testing.assert_close(forces, want_forces.detach(), rtol=0, atol=1e-9)
+    torch.testing.assert_close(energy.detach(), want_energy.detach(), rtol=0, atol=1e-9)
+    assert network.compilations == 2
     natural = int(eager.backbone.prepare(*inputs_of(rattled))[0].shape[1])
     assert natural < network.wide_slots <= natural + 4  # the widest layout seen, plus a margin
     network.wide_slots = natural - 2  # too narrow: some atom's edges would be cut off
