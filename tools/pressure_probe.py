@@ -2,15 +2,17 @@
 
 An NPT density check of a 64-water box is slow to converge (the density's statistical
 inefficiency is ~3.5 ps, so 4 x 9 ps hold ~6 effective samples and say 0.97 +- 0.02 g/cm^3).
-The pressure at a fixed density decorrelates in well under a picosecond. Through the
-compressibility kappa_T (SPC/Fw: 4.2e-5 /bar from the twin run's volume fluctuations) a mean
-pressure P at the reference's density means the model's density at 1 bar is off by about
--kappa_T * P (relative), e.g. +200 bar <-> -0.8 %.
+The pressure at a fixed density decorrelates within a picosecond. Through the compressibility
+kappa_T (SPC/Fw: 4.2e-5 /bar from the twin run's volume fluctuations) a mean pressure P at the
+reference's density means the model's density at 1 bar is off by about -kappa_T * P
+(relative), e.g. +200 bar <-> -0.8 %. Measured on one core: 6 ps (17 min for the v2 model)
+give +-390 bar, i.e. +-1.6 % in density, about what 4 x 9 ps of NPT on two cores give.
 
 Two estimators with the same mean: the atomic pressure (virial of all forces, kinetic energy
 of all atoms) and the molecular one (virial of the forces at the molecules' centres of mass,
 their kinetic energy). The stiff O-H bonds make the atomic one fluctuate by thousands of bar
-per sample; the molecular one leaves them out and converges several times faster.
+per sample but decorrelate in ~40 fs; the molecular one fluctuates less and decorrelates in
+~0.3 ps, and the two errors of the mean came out equal (v2 model, 6 ps).
 
     .venv/bin/python tools/pressure_probe.py MODEL --density 1.0126 --out runs/probe.csv
 
