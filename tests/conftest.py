@@ -1,5 +1,6 @@
 """Shared fixtures: fairchem golden data (tests/fixtures/golden, made by tools/make_golden.py)."""
 
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,14 @@ def golden_structures() -> tuple[dict, ...]:
 @lru_cache(maxsize=None)
 def golden_outputs(config: str) -> dict:
     return json.loads((GOLDEN / f"outputs_{config}.json").read_text())
+
+
+def load_script(path: Path, name: str):
+    """A script that is not part of a package (benchmarks/, tools/) imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def checkpoint_path(config: str) -> Path:

@@ -1,6 +1,5 @@
 """The long-range study's reference sets (benchmarks/long_range/sets.py) are exact."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,16 +7,14 @@ import pytest
 
 from allscaip.reference.labels import KJ_PER_EV, SpcfwLabeller
 from allscaip.reference.water import water_box
+from conftest import load_script
 
 SETS = Path(__file__).resolve().parent.parent / "benchmarks" / "long_range" / "sets.py"
 
 
 @pytest.fixture(scope="module")
 def sets():
-    spec = importlib.util.spec_from_file_location("long_range_sets", SETS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SETS, "long_range_sets")
 
 
 def test_near_field_with_everything_in_range_is_the_reference(sets):

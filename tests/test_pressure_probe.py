@@ -1,6 +1,6 @@
-"""tools/pressure_probe.py: the start frame has the asked density and whole, unchanged molecules."""
+"""tools/pressure_probe.py: the start frame has the asked density and whole, unchanged molecules;
+the molecular and atomic pressures are the right strain derivatives."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,15 +8,13 @@ import pytest
 
 from allscaip.data import read_frames, write_shard
 from allscaip.reference.md_frames import whole_waters
+from conftest import load_script
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "pressure_probe.py"
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("pressure_probe", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL, "pressure_probe")
 
 
 def test_start_frame_is_scaled_to_the_density_with_rigid_molecules(tmp_path):
