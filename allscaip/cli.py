@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     evaluate.add_argument("--max-atoms", type=int, default=1000, help="atoms per batched model call")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--by-phase", action="store_true",
+                          help="add a row for a set's periodic frames and one for its isolated ones "
+                               "(molecules, clusters)")
     evaluate.set_defaults(handler=_run_evaluate)
 
     openmm_parser = commands.add_parser("openmm", help="molecular dynamics in OpenMM")
@@ -215,7 +218,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from allscaip.data import read_frames
-    from allscaip.evaluate import error_metrics, frame_tensors, metrics_table
+    from allscaip.evaluate import frame_errors, frame_tensors, metrics_table, phase_metrics, summarise
     from allscaip.io import load_model
 
     dtype = getattr(torch, args.dtype)
@@ -225,7 +228,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         frames = read_frames(path)
         if not frames:
             raise ValueError(f"{path} holds no frames")
-        rows[path] = error_metrics(model, [frame_tensors(f, dtype) for f in frames], args.max_atoms)
+        errors = frame_errors(model, [frame_tensors(f, dtype) for f in frames], args.max_atoms)
+        rows[path] = summarise(errors)
+        if args.by_phase:
+            rows.update({f"{path} ({phase})": metrics for phase, metrics in phase_metrics(errors).items()})
     print(metrics_table(rows))
     if args.json:
         with open(args.json, "w") as handle:

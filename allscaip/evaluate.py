@@ -74,43 +74,76 @@ def predict_batch(model: AllScAIP, frames: list[FrameTensors], with_stress: bool
     return predictions
 
 
-def error_metrics(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 1000) -> dict:
-    """Errors of ``model`` on ``frames`` (no gradients kept), evaluated in batches of at most
-    ``max_atoms`` atoms (a larger frame goes alone)."""
-    energy_errors, force_errors, force_labels, stress_errors, stress_labels = [], [], [], [], []
+@dataclass
+class FrameErrors:
+    """One frame's prediction errors (eV, eV/A, eV/A^3) and labels, for the metrics."""
+
+    n_atoms: int
+    periodic: bool
+    energy: float
+    forces: np.ndarray | None = None
+    force_labels: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    stress_labels: np.ndarray | None = None
+
+
+def frame_errors(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 1000) -> list[FrameErrors]:
+    """Errors of ``model`` on each of ``frames`` (no gradients kept), evaluated in batches of at
+    most ``max_atoms`` atoms (a larger frame goes alone)."""
     device = next(model.parameters()).device
-    evaluated = []
+    numpy = lambda t: t.detach().flatten().double().cpu().numpy()  # noqa: E731
+    errors = []
     for group in batches(frames, max_atoms, shuffle=False):
         group = [frame_on(frame, device) for frame in group]
-        evaluated += zip(group, predict_batch(model, group, with_stress=True))
-    for frame, (energy, forces, stress) in evaluated:
-        energy_errors.append((float(energy.detach()) - frame.energy) / frame.n_atoms)
-        if frame.forces is not None:
-            force_errors.append((forces.detach() - frame.forces).flatten().double().cpu().numpy())
-            force_labels.append(frame.forces.flatten().double().cpu().numpy())
-        if stress is not None:
-            stress_errors.append((stress.detach() - frame.stress).flatten().double().cpu().numpy())
-            stress_labels.append(frame.stress.flatten().double().cpu().numpy())
-    metrics = {"frames": len(frames)}
-    if not frames:
+        for frame, (energy, forces, stress) in zip(group, predict_batch(model, group, with_stress=True)):
+            record = FrameErrors(frame.n_atoms, bool(frame.pbc.any()), float(energy.detach()) - frame.energy)
+            if frame.forces is not None:
+                record.forces, record.force_labels = numpy(forces - frame.forces), numpy(frame.forces)
+            if stress is not None:
+                record.stress, record.stress_labels = numpy(stress - frame.stress), numpy(frame.stress)
+            errors.append(record)
+    return errors
+
+
+def summarise(errors: list[FrameErrors]) -> dict:
+    """The metrics of a set of frames' errors (see the module docstring)."""
+    metrics = {"frames": len(errors)}
+    if not errors:
         return metrics
-    e = np.array(energy_errors) * 1e3
+    e = np.array([record.energy / record.n_atoms for record in errors]) * 1e3
     metrics.update(energy_mae_mev_atom=float(np.abs(e).mean()), energy_rmse_mev_atom=float(np.sqrt((e**2).mean())),
                    energy_mean_error_mev_atom=float(e.mean()))
-    if force_errors:
-        f, labels = np.concatenate(force_errors) * 1e3, np.concatenate(force_labels) * 1e3
+    forced = [record for record in errors if record.forces is not None]
+    if forced:
+        f = np.concatenate([record.forces for record in forced]) * 1e3
+        labels = np.concatenate([record.force_labels for record in forced]) * 1e3
         metrics.update(force_mae_mev_a=float(np.abs(f).mean()), force_rmse_mev_a=float(np.sqrt((f**2).mean())),
                        force_rms_label_mev_a=float(np.sqrt((labels**2).mean())))
         metrics["force_rmse_relative"] = metrics["force_rmse_mev_a"] / metrics["force_rms_label_mev_a"]
-    if stress_errors:
-        s, labels = np.concatenate(stress_errors) * 1e3, np.concatenate(stress_labels) * 1e3
+    stressed = [record for record in errors if record.stress is not None]
+    if stressed:
+        s = np.concatenate([record.stress for record in stressed]) * 1e3
+        labels = np.concatenate([record.stress_labels for record in stressed]) * 1e3
         metrics.update(stress_mae_mev_a3=float(np.abs(s).mean()), stress_rmse_mev_a3=float(np.sqrt((s**2).mean())),
                        stress_spread_mev_a3=float(labels.std()))
         metrics["stress_mae_relative"] = metrics["stress_mae_mev_a3"] / metrics["stress_spread_mev_a3"]
         # pressure = -trace(stress) / 3; a bias here shifts an NPT density
-        pressure_errors = -np.trace(np.stack(stress_errors).reshape(-1, 3, 3), axis1=1, axis2=2) / 3
+        pressure_errors = -np.trace(np.stack([record.stress for record in stressed]).reshape(-1, 3, 3),
+                                    axis1=1, axis2=2) / 3
         metrics["pressure_mean_error_bar"] = float(pressure_errors.mean() * BAR_PER_EV_A3)
     return metrics
+
+
+def error_metrics(model: AllScAIP, frames: list[FrameTensors], max_atoms: int = 1000) -> dict:
+    """The metrics of ``model`` on ``frames`` (``frame_errors``, then ``summarise``)."""
+    return summarise(frame_errors(model, frames, max_atoms))
+
+
+def phase_metrics(errors: list[FrameErrors]) -> dict[str, dict]:
+    """``summarise`` of the periodic frames and of the isolated ones (molecules, clusters),
+    each where the set has any."""
+    phases = {"periodic": [r for r in errors if r.periodic], "isolated": [r for r in errors if not r.periodic]}
+    return {phase: summarise(records) for phase, records in phases.items() if records}
 
 
 METRIC_COLUMNS = (

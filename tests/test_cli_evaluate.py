@@ -42,6 +42,27 @@ def test_evaluate_reports_the_metrics_of_each_set(tmp_path):
     assert found[str(tmp_path / "monomer.npz")]["frames"] == 3
 
 
+def test_by_phase_rows_are_the_metrics_of_each_phase_alone(tmp_path):
+    liquid = read_frames(TEST_SET / "liquid-0000.npz")[:2]
+    monomer = read_frames(TEST_SET / "monomer-0001.npz")[:3]
+    write_shard(liquid + monomer, tmp_path / "mixed.npz")
+    mixed = str(tmp_path / "mixed.npz")
+    result = evaluate(str(MODEL), mixed, "--by-phase", "--json", str(tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines()[2:]]
+    assert rows == [f"| {mixed}", f"| {mixed} (periodic)", f"| {mixed} (isolated)"]
+    found = json.loads((tmp_path / "metrics.json").read_text())["sets"]
+    model = load_model(str(MODEL), dtype=torch.float64)
+    for phase, frames in (("periodic", liquid), ("isolated", monomer)):
+        expected = error_metrics(model, [frame_tensors(f) for f in frames])
+        assert found[f"{mixed} ({phase})"] == pytest.approx(expected, rel=1e-9)
+    # the whole set's energy MAE is the frame-weighted mean of the phases'
+    whole = found[mixed]["energy_mae_mev_atom"]
+    parts = [found[f"{mixed} ({p})"]["energy_mae_mev_atom"] * n for p, n in (("periodic", 2), ("isolated", 3))]
+    assert whole == pytest.approx(sum(parts) / 5, rel=1e-9)
+    assert found[mixed]["stress_mae_mev_a3"] == pytest.approx(found[f"{mixed} (periodic)"]["stress_mae_mev_a3"])
+
+
 def test_evaluate_names_a_missing_data_set(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
