@@ -43,8 +43,8 @@ import torch.distributed as dist
 from allscaip.config import ModelConfig
 from allscaip.data import Frame, batches, read_frames, split_indices
 from allscaip.graph import wrap_positions
-from allscaip.evaluate import (FrameTensors, error_metrics, frame_on, frame_tensors, metrics_table,
-                               predict_batch)
+from allscaip.evaluate import (FrameErrors, FrameTensors, frame_errors, frame_on, frame_tensors, metrics_table,
+                               phase_metrics, predict_batch, summarise)
 from allscaip.io import load_model, save_model
 from allscaip.learning_curve import plot_learning_curve
 from allscaip.model import AllScAIP
@@ -395,17 +395,18 @@ class Trainer:
                     "training_config": portable(self.config.to_dict())}
         save_model(model, model.config, path, metadata)
 
-    def validation_loss(self, model: AllScAIP, metrics: dict) -> float:
-        """The training loss's weighted terms on the validation frames (``metrics``: their errors)."""
+    def validation_loss(self, errors: list[FrameErrors]) -> float:
+        """The training loss's weighted terms on the validation frames (``errors``: theirs)."""
         weights = self.config.loss
+        metrics = summarise(errors)
         if weights.energy_per_phase:  # each phase's mean squared error over its own variance
             energy_term = 0.0
-            for phase in (False, True):
-                frames = [f for f in self.validation_frames if self.energy_phase(f) == phase]
-                if frames:
-                    rmse = error_metrics(model, frames)["energy_rmse_mev_atom"] * 1e-3
-                    energy_term += len(frames) * rmse**2 / self.energy_variances[phase]
-            energy_term /= len(self.validation_frames)
+            for periodic in (False, True):
+                group = [record for record in errors if record.periodic == periodic]
+                if group:
+                    rmse = summarise(group)["energy_rmse_mev_atom"] * 1e-3
+                    energy_term += len(group) * rmse**2 / self.energy_variances[periodic]
+            energy_term /= len(errors)
         else:
             energy_term = (metrics["energy_rmse_mev_atom"] * 1e-3) ** 2 / self.energy_variances[None]
         loss = weights.energy * energy_term
@@ -424,12 +425,16 @@ class Trainer:
             self.epoch += 1
             if self.rank == 0:
                 model = self.ema_model().to(self.device)
-                metrics = error_metrics(model, self.validation_frames) if self.validation_frames else {}
-                validation = self.validation_loss(model, metrics) if metrics else totals["loss"]
+                errors = frame_errors(model, self.validation_frames) if self.validation_frames else []
+                metrics = summarise(errors) if errors else {}
+                validation = self.validation_loss(errors) if errors else totals["loss"]
                 record = {"epoch": self.epoch, "step": self.step, "lr": self.learning_rate(self.step),
                           "train_loss": totals["loss"], "validation_loss": validation,
                           "seconds": round(self.epoch_seconds, 2),
-                          **{f"validation_{k}": v for k, v in metrics.items() if k != "frames"}}
+                          **{f"validation_{k}": v for k, v in metrics.items() if k != "frames"},
+                          **{f"validation_{phase}_{k}": phase_row[k]
+                             for phase, phase_row in phase_metrics(errors).items()
+                             for k in ("energy_mae_mev_atom", "energy_mean_error_mev_atom")}}
                 self.history.append(record)
                 if validation < self.best:
                     self.best = validation
@@ -457,9 +462,12 @@ class Trainer:
     def finish(self, seconds: float) -> dict:
         best = load_model(self.output / "model.pt", dtype=torch.float64)
         to64 = lambda frames: [frame_tensors_like(f) for f in frames]  # noqa: E731
-        rows = {"train (first 200)": error_metrics(best, to64(self.train_frames[:200])),
-                "validation": error_metrics(best, to64(self.validation_frames)),
-                "test": error_metrics(best, to64(self.test_frames))}
+        rows = {}
+        for name, frames in (("train (first 200)", self.train_frames[:200]),
+                             ("validation", self.validation_frames), ("test", self.test_frames)):
+            errors = frame_errors(best, to64(frames))
+            rows[name] = summarise(errors)
+            rows.update({f"{name} ({phase})": metrics for phase, metrics in phase_metrics(errors).items()})
         results = {"sets": rows, "frames": {"train": len(self.train_frames),
                                             "validation": len(self.validation_frames),
                                             "test": len(self.test_frames)},

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from allscaip.data import read_frames, split_indices, write_shard
-from allscaip.evaluate import error_metrics
+from allscaip.evaluate import frame_errors
 from allscaip.io import load_model, read_model_file
 from allscaip.reference.datagen import DatagenSettings, Run, sample_run
 from allscaip.reference.labels import SpcfwLabeller
@@ -90,12 +90,18 @@ def test_training_lowers_the_validation_loss_and_writes_results(water_data, tmp_
     config = tiny_config(water_data)
     trainer = Trainer(config, tmp_path, progress=False)
     model = trainer.ema_model()
-    before = trainer.validation_loss(model, error_metrics(model, trainer.validation_frames))
+    before = trainer.validation_loss(frame_errors(model, trainer.validation_frames))
     results = trainer.run()
     after = trainer.history[-1]["validation_loss"]
     assert after < 0.7 * before
     assert (tmp_path / "results.md").read_text().startswith("| set |")
-    assert set(results["sets"]) == {"train (first 200)", "validation", "test"}
+    sets = results["sets"]
+    for name in ("train (first 200)", "validation", "test"):  # each set whole, then by phase
+        phases = [sets[key]["frames"] for key in (f"{name} (periodic)", f"{name} (isolated)") if key in sets]
+        assert sum(phases) == sets[name]["frames"] and len(phases) <= 2
+    assert len(sets) == 3 + sum(key.endswith(("(periodic)", "(isolated)")) for key in sets)
+    assert sets["validation (periodic)"]["frames"] > 0
+    assert "validation_periodic_energy_mae_mev_atom" in trainer.history[-1]
     model = load_model(tmp_path / "model.pt")
     metadata = read_model_file(tmp_path / "model.pt")["metadata"]
     assert model.config.smooth_node_order and metadata["source"] == "allscaip train"
@@ -214,7 +220,7 @@ def test_fine_tuning_starts_from_a_converted_fairchem_checkpoint(water_data, tmp
     trainer = Trainer(config, tmp_path / "run", progress=False)
     assert trainer.model.config.hidden_size == load_model(start).config.hidden_size
     model = trainer.ema_model()
-    before = trainer.validation_loss(model, error_metrics(model, trainer.validation_frames))
+    before = trainer.validation_loss(frame_errors(model, trainer.validation_frames))
     trainer.run()
     assert trainer.history[-1]["validation_loss"] < before
 
@@ -352,7 +358,7 @@ def test_per_phase_energy_normalisation_divides_each_frame_by_its_phase_variance
     errors = [(float(validation(f.positions, f.numbers, f.cell, f.pbc, f.charge, f.spin, compute_forces=False)[0])
                - f.energy) / f.n_atoms for f in frames]
     expected = np.mean([e**2 / trainer.energy_variances[bool(f.pbc.any())] for e, f in zip(errors, frames)])
-    assert trainer.validation_loss(validation, error_metrics(validation, frames)) == pytest.approx(expected, rel=1e-9)
+    assert trainer.validation_loss(frame_errors(validation, frames)) == pytest.approx(expected, rel=1e-9)
 
     frames = read_frames(water_data)
     one_gas = [f for f in frames if any(f.pbc)] + [f for f in frames if not any(f.pbc)][:1]
