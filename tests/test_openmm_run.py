@@ -69,6 +69,29 @@ def test_resume_reproduces_the_uninterrupted_run(inputs, tmp_path):
     np.testing.assert_allclose(positions_resumed, positions_whole, atol=1e-4)
 
 
+def test_an_unreadable_checkpoint_resumes_from_the_portable_state(inputs, tmp_path):
+    """Another machine or platform may not read OpenMM's binary checkpoint; the XML state saved
+    beside it carries positions and velocities, so an NVE run continues exactly."""
+    messages = []
+    short = dict(ensemble="nve", steps=6, report_interval=3, platform="CPU", timestep=0.25)
+    run(settings(inputs, tmp_path / "whole", **short), progress=lambda m: None)
+    interrupted = tmp_path / "interrupted"
+    run(settings(inputs, interrupted, **{**short, "steps": 3}), progress=lambda m: None)
+    assert (interrupted / "checkpoint.xml").exists()
+    (interrupted / "checkpoint.chk").write_bytes(b"written by another platform")
+    run(settings(inputs, interrupted, **short), resume=True, progress=messages.append)
+    assert any("continuing from its portable state checkpoint.xml" in m for m in messages)
+    whole, resumed = thermo(tmp_path / "whole"), thermo(interrupted)
+    assert [row["step"] for row in resumed] == ["3", "6"]
+    for a, b in zip(whole, resumed):
+        assert float(a["potential_kJ_mol"]) == pytest.approx(float(b["potential_kJ_mol"]), abs=1e-3)
+
+    (interrupted / "checkpoint.xml").unlink()
+    (interrupted / "checkpoint.chk").write_bytes(b"written by another platform")
+    with pytest.raises(RuntimeError, match="no portable state .*checkpoint.xml"):
+        run(settings(inputs, interrupted, **{**short, "steps": 9}), resume=True, progress=lambda m: None)
+
+
 def test_npt_run_changes_the_density(inputs, tmp_path):
     run(settings(inputs, tmp_path, ensemble="npt", steps=100, report_interval=50, precision="float32",
                  platform="CPU", timestep=0.25), progress=lambda m: None)

@@ -8,6 +8,7 @@ the checkpoint and trims the DCD and CSV to it, so an interruption loses nothing
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,10 +128,11 @@ def degrees_of_freedom(system) -> int:
 class OpenMMSegments:
     """``plugins.segments.SegmentEngine`` for an ``openmm.app.Simulation``."""
 
-    def __init__(self, simulation):
+    def __init__(self, simulation, checkpoint: Path):
         from openmm import unit
 
         self.simulation = simulation
+        self.checkpoint = checkpoint
         system = simulation.system
         self.n_dof = degrees_of_freedom(system)
         self.total_mass = sum(system.getParticleMass(i).value_in_unit(unit.dalton)
@@ -147,7 +149,44 @@ class OpenMMSegments:
         return state.getPositions(), state.getPeriodicBoxVectors()
 
     def save_checkpoint(self, path: Path) -> None:
+        """OpenMM's binary checkpoint, and the run's portable state (``portable_state``) first."""
+        state = portable_state(self.checkpoint)
+        temporary = state.with_name(state.name + ".tmp")
+        self.simulation.saveState(str(temporary))
+        os.replace(temporary, state)
         self.simulation.saveCheckpoint(str(path))
+
+
+def portable_state(checkpoint: Path) -> Path:
+    """The XML state saved with a checkpoint: positions, velocities, box and parameters, readable
+    on any machine and platform (a binary checkpoint is tied to the platform that wrote it)."""
+    return checkpoint.with_suffix(".xml")
+
+
+def restore(simulation, files: SegmentFiles, progress) -> int:
+    """Load the run's checkpoint and return its step; where this machine or platform cannot read
+    it, continue from its portable state instead (same positions, velocities and box; the
+    thermostat's and barostat's random streams restart), saying so."""
+    import openmm
+
+    step = checkpointed_step(files)
+    try:
+        simulation.loadCheckpoint(str(files.checkpoint))
+        return step
+    except openmm.OpenMMException as error:
+        state = portable_state(files.checkpoint)
+        if not state.exists():
+            raise RuntimeError(f"cannot read the checkpoint {files.checkpoint} here ({error}) and there is no "
+                               f"portable state {state} beside it: resume on the machine and platform that "
+                               "wrote it, or start the run again") from error
+        simulation.loadState(str(state))
+        saved = simulation.context.getStepCount()
+        if saved != step:
+            raise RuntimeError(f"the portable state {state} is at step {saved}, {files.status} at step {step} "
+                               "(the run stopped between the two writes): start the run again") from error
+        progress(f"the checkpoint {files.checkpoint} cannot be read here ({str(error).strip()}); continuing "
+                 f"from its portable state {state.name} (the random streams restart)")
+        return step
 
 
 def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
@@ -161,8 +200,7 @@ def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
     simulation = build_simulation(settings)
     start_step = 0
     if resume and files.checkpoint.exists():
-        simulation.loadCheckpoint(str(files.checkpoint))
-        start_step = checkpointed_step(files)
+        start_step = restore(simulation, files, progress)
         simulation.currentStep = start_step
         trim_outputs(files, start_step)
         progress(f"resumed at step {start_step} from {files.checkpoint}")
@@ -174,7 +212,7 @@ def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
         simulation.context.setVelocitiesToTemperature(settings.temperature * unit.kelvin, settings.seed)
         start_table(files)
         (out / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
-    step = run_segments(OpenMMSegments(simulation), files, simulation.topology, start=start_step,
+    step = run_segments(OpenMMSegments(simulation, files.checkpoint), files, simulation.topology, start=start_step,
                         steps=settings.steps, report_interval=settings.report_interval,
                         timestep_fs=settings.timestep, temperature=settings.temperature,
                         max_temperature_factor=settings.max_temperature_factor, progress=progress)
