@@ -74,24 +74,31 @@ class SegmentFiles:
 
 
 def truncate_dcd(path: Path, n_frames: int) -> None:
-    """Keep the first ``n_frames`` frames of an OpenMM DCD file (header count updated)."""
+    """Keep the first ``n_frames`` frames of an OpenMM DCD file (header count updated). The frame
+    size comes from the header (atom count, unit-cell flag), so a frame cut short by an
+    interrupted write, which the header may already count, is dropped too."""
     with open(path, "r+b") as handle:
         handle.seek(8)
         stored = struct.unpack("<i", handle.read(4))[0]
-        if stored <= n_frames:
-            return
         handle.seek(12)
         first_step, interval = struct.unpack("<ii", handle.read(8))
-        size = os.path.getsize(path)
+        handle.seek(48)
+        has_cell = struct.unpack("<i", handle.read(4))[0] != 0
         handle.seek(92)
         comment_bytes = struct.unpack("<i", handle.read(4))[0]
-        header = 104 + comment_bytes + 12
-        frame_size = (size - header) // stored
-        handle.truncate(header + n_frames * frame_size)
+        handle.seek(104 + comment_bytes)
+        n_atoms = struct.unpack("<i", handle.read(4))[0]
+        header = 104 + comment_bytes + 8  # the comment block, then 4, the atom count, 4
+        frame_size = (56 if has_cell else 0) + 3 * (4 * n_atoms + 8)  # cell record, then x, y, z records
+        size = os.path.getsize(path)
+        keep = min(n_frames, (size - header) // frame_size)
+        if stored == keep and size == header + keep * frame_size:
+            return
+        handle.truncate(header + keep * frame_size)
         handle.seek(8)
-        handle.write(struct.pack("<i", n_frames))
+        handle.write(struct.pack("<i", keep))
         handle.seek(20)
-        handle.write(struct.pack("<i", first_step + (n_frames - 1) * interval))
+        handle.write(struct.pack("<i", first_step + (keep - 1) * interval))
 
 
 def trim_csv(path: Path, last_step: int) -> int:
