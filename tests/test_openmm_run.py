@@ -92,6 +92,29 @@ def test_an_unreadable_checkpoint_resumes_from_the_portable_state(inputs, tmp_pa
         run(settings(inputs, interrupted, **{**short, "steps": 9}), resume=True, progress=lambda m: None)
 
 
+def test_a_run_stopped_between_checkpoint_and_status_continues_from_the_checkpoint(inputs, tmp_path):
+    """The frame, the row and the checkpoint of a report are written before ``status.json``: a
+    run killed between the last two continues from the checkpoint's own step, exactly."""
+    short = dict(ensemble="nve", steps=9, report_interval=3, platform="CPU", timestep=0.25)
+    run(settings(inputs, tmp_path / "whole", **short), progress=lambda m: None)
+    interrupted = tmp_path / "interrupted"
+    run(settings(inputs, interrupted, **{**short, "steps": 6}), progress=lambda m: None)
+    (interrupted / "status.json").write_text('{"step": 3, "steps": 6}')
+    messages = []
+    run(settings(inputs, interrupted, **short), resume=True, progress=messages.append)
+    assert any("continuing from step 6" in m for m in messages)
+    whole, resumed = thermo(tmp_path / "whole"), thermo(interrupted)
+    assert [row["step"] for row in resumed] == ["3", "6", "9"]
+    for a, b in zip(whole, resumed):
+        assert float(a["time_ps"]) == pytest.approx(float(b["time_ps"]))
+        assert float(a["potential_kJ_mol"]) == pytest.approx(float(b["potential_kJ_mol"]), abs=1e-3)
+    assert last_frame(interrupted, inputs[0])[0] == 3
+
+    (interrupted / "status.json").write_text('{"step": 12, "steps": 12}')  # ahead of its checkpoint
+    with pytest.raises(RuntimeError, match="come from different runs"):
+        run(settings(inputs, interrupted, **{**short, "steps": 15}), resume=True, progress=lambda m: None)
+
+
 def test_npt_run_changes_the_density(inputs, tmp_path):
     run(settings(inputs, tmp_path, ensemble="npt", steps=100, report_interval=50, precision="float32",
                  platform="CPU", timestep=0.25), progress=lambda m: None)

@@ -155,7 +155,10 @@ def test_lammps_engine_end_to_end_with_resume(tiny_model, tmp_path, monkeypatch)
     table = out / "replica-0" / "liquid" / "thermo.csv"
     before = rows(table)
     assert len(before) == 5
-    assert main(args + ["--resume"]) == 0  # read_restart: box, velocities, fix npt state
+    status = out / "replica-0" / "liquid" / "status.json"
+    status.write_text(status.read_text().replace('"step": 50', '"step": 40'))  # as if killed before its write
+    assert '"step": 40' in status.read_text()
+    assert main(args + ["--resume"]) == 0  # read_restart: step, box, velocities, fix npt state
     liquid = rows(table)
     assert liquid[:5] == before and [int(r["step"]) for r in liquid] == list(range(10, 210, 10))
     assert len({r["volume_nm3"] for r in liquid}) > 1  # the box breathes

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from allscaip.plugins.segments import (SegmentFiles, SimulationExploded,  # noqa: F401  (re-exported)
-                                       checkpointed_step, run_segments, start_table, trim_outputs)
+                                       resume_outputs, run_segments, start_table)
 
 ENSEMBLES = ("nve", "nvt", "npt")
 @dataclass
@@ -164,15 +164,13 @@ def portable_state(checkpoint: Path) -> Path:
 
 
 def restore(simulation, files: SegmentFiles, progress) -> int:
-    """Load the run's checkpoint and return its step; where this machine or platform cannot read
-    it, continue from its portable state instead (same positions, velocities and box; the
-    thermostat's and barostat's random streams restart), saying so."""
+    """Load the run's checkpoint and return the step it holds; where this machine or platform
+    cannot read it, continue from its portable state instead (same positions, velocities and
+    box; the thermostat's and barostat's random streams restart), saying so."""
     import openmm
 
-    step = checkpointed_step(files)
     try:
         simulation.loadCheckpoint(str(files.checkpoint))
-        return step
     except openmm.OpenMMException as error:
         state = portable_state(files.checkpoint)
         if not state.exists():
@@ -180,13 +178,9 @@ def restore(simulation, files: SegmentFiles, progress) -> int:
                                f"portable state {state} beside it: resume on the machine and platform that "
                                "wrote it, or start the run again") from error
         simulation.loadState(str(state))
-        saved = simulation.context.getStepCount()
-        if saved != step:
-            raise RuntimeError(f"the portable state {state} is at step {saved}, {files.status} at step {step} "
-                               "(the run stopped between the two writes): start the run again") from error
         progress(f"the checkpoint {files.checkpoint} cannot be read here ({str(error).strip()}); continuing "
                  f"from its portable state {state.name} (the random streams restart)")
-        return step
+    return simulation.context.getStepCount()
 
 
 def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
@@ -200,9 +194,8 @@ def run(settings: RunSettings, resume: bool = False, progress=print) -> dict:
     simulation = build_simulation(settings)
     start_step = 0
     if resume and files.checkpoint.exists():
-        start_step = restore(simulation, files, progress)
+        start_step = resume_outputs(files, restore(simulation, files, progress), progress)
         simulation.currentStep = start_step
-        trim_outputs(files, start_step)
         progress(f"resumed at step {start_step} from {files.checkpoint}")
     else:
         if resume:
