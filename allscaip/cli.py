@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     evaluate.add_argument("--max-atoms", type=int, default=1000, help="atoms per batched model call")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--intervals", action="store_true",
+                          help="add 95%% bootstrap intervals of E MAE, F RMSE / F RMS, S MAE / S spread and the "
+                               "pressure bias, resampling a folder's shards (MD runs) as units; frames of a single "
+                               "file are resampled one by one (as if independent)")
     evaluate.add_argument("--by-phase", action="store_true",
                           help="add a row for a set's periodic frames and one for its isolated ones "
                                "(molecules, clusters)")
@@ -217,13 +221,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from allscaip.data import read_frames
-    from allscaip.evaluate import frame_errors, frame_tensors, metrics_table, phase_metrics, summarise
+    from allscaip.data import frame_groups, read_frames
+    from allscaip.evaluate import (bootstrap_intervals, frame_errors, frame_tensors, intervals_table, metrics_table,
+                                   phase_metrics, summarise)
     from allscaip.io import load_model
 
     dtype = getattr(torch, args.dtype)
     model = load_model(args.model, dtype=dtype)
-    rows = {}
+    rows, intervals = {}, {}
     for path in args.data:
         frames = read_frames(path)
         if not frames:
@@ -232,10 +237,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         rows[path] = summarise(errors)
         if args.by_phase:
             rows.update({f"{path} ({phase})": metrics for phase, metrics in phase_metrics(errors).items()})
+        if args.intervals:
+            groups = frame_groups(path)
+            intervals[path] = {"groups": len(set(groups)), **bootstrap_intervals(errors, groups)}
     print(metrics_table(rows))
+    if intervals:
+        print("\n95 % bootstrap intervals (whole shards, i.e. MD runs, resampled; periodic and isolated apart)")
+        print(intervals_table(intervals))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"model": args.model, "dtype": args.dtype, "sets": rows}, handle, indent=1)
+            json.dump({"model": args.model, "dtype": args.dtype, "sets": rows, "intervals": intervals}, handle,
+                      indent=1)
     return 0
 
 

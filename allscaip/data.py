@@ -112,6 +112,15 @@ def read_frames(path: str | Path) -> list[Frame]:
     return read_extxyz(path)
 
 
+def frame_groups(path: str | Path) -> list[int]:
+    """For each frame of ``read_frames(path)``, the index of the shard it came from (a folder of
+    shards: one MD run each); an extended XYZ file or a single shard gives every frame its own."""
+    path = Path(path)
+    if path.is_dir():
+        return [index for index, shard in enumerate(sorted(path.glob("*.npz"))) for _ in read_shard(shard)]
+    return list(range(len(read_frames(path))))
+
+
 def split_indices(n_frames: int, seed: int, validation: float = 0.1, test: float = 0.1) -> dict[str, list[int]]:
     """Disjoint train/validation/test index lists, reproducible from the seed."""
     order = np.random.default_rng(seed).permutation(n_frames)

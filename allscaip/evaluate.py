@@ -160,6 +160,49 @@ METRIC_COLUMNS = (
 )
 
 
+INTERVAL_COLUMNS = (
+    ("energy_mae_mev_atom", "E MAE (meV/atom)", "{:.3f}"),
+    ("force_rmse_relative", "F RMSE / F RMS", "{:.2%}"),
+    ("stress_mae_relative", "S MAE / S spread", "{:.2%}"),
+    ("pressure_mean_error_bar", "P mean error (bar)", "{:+.0f}"),
+)
+
+
+def bootstrap_intervals(errors: list[FrameErrors], groups: list[int], level: float = 0.95,
+                        resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of the headline metrics (``INTERVAL_COLUMNS``), resampling
+    whole groups of frames (``groups[i]`` labels frame i's group: an MD run, whose frames are
+    correlated) with replacement, periodic and isolated groups separately so that each resample
+    keeps the set's mix of phases. Metrics a resample cannot form are left out."""
+    members: dict[int, list[FrameErrors]] = {}
+    for record, group in zip(errors, groups):
+        members.setdefault(group, []).append(record)
+    strata = [[g for g, records in members.items() if records[0].periodic == periodic] for periodic in (True, False)]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {key: [] for key, _, _ in INTERVAL_COLUMNS}
+    for _ in range(resamples):
+        drawn = [record for stratum in strata if stratum
+                 for group in rng.choice(stratum, size=len(stratum)) for record in members[int(group)]]
+        metrics = summarise(drawn)
+        for key in samples:
+            if key in metrics:
+                samples[key].append(metrics[key])
+    tail = 50 * (1 - level)
+    return {key: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+            for key, values in samples.items() if values}
+
+
+def intervals_table(rows: dict[str, dict]) -> str:
+    """Markdown table of ``bootstrap_intervals`` results, one row per data set."""
+    lines = ["| set | groups | " + " | ".join(title for _, title, _ in INTERVAL_COLUMNS) + " |",
+             "|" + "---|" * (len(INTERVAL_COLUMNS) + 2)]
+    for name, intervals in rows.items():
+        cells = [" to ".join(fmt.format(v) for v in intervals[key]) if key in intervals else "-"
+                 for key, _, fmt in INTERVAL_COLUMNS]
+        lines.append(f"| {name} | {intervals['groups']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def metrics_table(rows: dict[str, dict]) -> str:
     """Markdown table, one row per data set."""
     header = "| set | " + " | ".join(title for _, title, _ in METRIC_COLUMNS) + " |"

@@ -87,3 +87,45 @@ def test_mean_errors_have_the_sign_and_units_of_a_bias():
     after = error_metrics(model, [frame_tensors(f) for f in shifted])
     assert after["energy_mean_error_mev_atom"] - before["energy_mean_error_mev_atom"] == pytest.approx(1.0, rel=1e-9)
     assert after["pressure_mean_error_bar"] - before["pressure_mean_error_bar"] == pytest.approx(160.2176634, rel=1e-9)
+
+
+def test_intervals_resample_whole_shards(tmp_path):
+    liquid = read_frames(TEST_SET / "liquid-0000.npz")[:2]
+    monomer = read_frames(TEST_SET / "monomer-0001.npz")[:4]
+    write_shard(liquid, tmp_path / "runs" / "liquid.npz")
+    write_shard(monomer[:2], tmp_path / "runs" / "monomer-a.npz")
+    write_shard(monomer[2:], tmp_path / "runs" / "monomer-b.npz")
+    result = evaluate(str(MODEL), str(tmp_path / "runs"), "--intervals", "--json", str(tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr
+    assert "95 % bootstrap intervals" in result.stdout
+    found = json.loads((tmp_path / "metrics.json").read_text())
+    point, interval = found["sets"][str(tmp_path / "runs")], found["intervals"][str(tmp_path / "runs")]
+    assert interval["groups"] == 3
+    low, high = interval["energy_mae_mev_atom"]
+    assert low <= point["energy_mae_mev_atom"] <= high and low < high
+    # one liquid shard: every resample holds the same periodic frames, so the stress ratio is exact
+    assert interval["stress_mae_relative"] == pytest.approx([point["stress_mae_relative"]] * 2, rel=1e-12)
+
+
+def test_bootstrap_over_runs_covers_the_truth_where_frames_alone_do_not():
+    """Frames of one MD run share most of their error. Over 150 synthetic test sets (10 runs of
+    10 frames; each run's energy error per atom drawn around a known mean), the 95 % interval
+    from resampling runs holds the true MAE about as often as it claims; resampling frames as if
+    independent is far too narrow (here 141 and 60 of 150)."""
+    import numpy as np
+
+    from allscaip.evaluate import FrameErrors, bootstrap_intervals
+
+    rng = np.random.default_rng(7)
+    truth, runs, frames = 1.0, 10, 10
+    groups = [run for run in range(runs) for _ in range(frames)]
+    covered = {"runs": 0, "frames": 0}
+    for _ in range(150):
+        run_errors = truth + 0.3 * rng.standard_normal(runs)
+        errors = [FrameErrors(n_atoms=3, periodic=False,
+                              energy=3e-3 * (run_errors[run] + 0.02 * rng.standard_normal())) for run in groups]
+        for label, labels in (("runs", groups), ("frames", list(range(len(groups))))):
+            low, high = bootstrap_intervals(errors, labels, resamples=400, seed=1)["energy_mae_mev_atom"]
+            covered[label] += low <= truth <= high
+    assert covered["runs"] / 150 > 0.85
+    assert covered["frames"] / 150 < 0.6  # expected ~46 % (an interval sqrt(10) times too narrow)
