@@ -4,8 +4,6 @@ destination layout) and node attention over all atoms of the system.
 Parameter names follow fairchem's AllScAIP so its state dicts load unchanged.
 """
 
-from __future__ import annotations
-
 import math
 from typing import List, Optional, Tuple
 
@@ -15,6 +13,14 @@ from torch.nn import functional as F
 
 from allscaip.features import node_attention_bias, node_attention_log_weight, sine_kernels
 from allscaip.graph import PairImages, minimum_image_distances
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (False under TorchScript)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_compiling()
 
 
 def rms_norm(size: int) -> nn.RMSNorm:
@@ -109,6 +115,9 @@ class NeighborhoodAttention(nn.Module):
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.use_freq_mask = use_freq_mask
         self.frequency_repeats = frequency_repeats
+        # set by allscaip.compiled where the fused CPU kernel is built (see allscaip.slot_kernel);
+        # used only while torch.compile traces
+        self.use_slot_kernel = False
 
     def modulated_scores(self, q: torch.Tensor, k: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Frequency-modulated q . k of every two slots (B, heads, P, P).
@@ -138,6 +147,8 @@ class NeighborhoodAttention(nn.Module):
         """Attention of projected slots (B, heads, P, d), frequency-modulated if enabled,
         through the source or destination output projection: (B, P, H)."""
         mask = bias[:, None, None, :]
+        if self.use_slot_kernel and compiling():
+            return self.fused_attend(q, k, v, bias, angles, source)
         if self.use_freq_mask:
             scores = self.modulated_scores(q, k, angles)
             if source:  # TorchScript cannot pick a submodule by value
@@ -146,6 +157,18 @@ class NeighborhoodAttention(nn.Module):
         if source:
             return self.src_attn.attend(q, k, v, mask)
         return self.dst_attn.attend(q, k, v, mask)
+
+    @torch.jit.unused
+    def fused_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     angles: torch.Tensor, source: bool) -> torch.Tensor:
+        """``attend`` through the fused kernel of ``allscaip.slot_kernel`` while compiling (the
+        frequency mask with equal blocks, on CPU); the same function as the other branches."""
+        from allscaip.slot_kernel import slot_attention
+
+        projections = self.src_attn if source else self.dst_attn
+        out = slot_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), angles, bias,
+                             1.0 / math.sqrt(projections.head_dim))  # the projections' layout: no copies
+        return projections.attn_out_proj(out.reshape(v.shape[0], q.shape[2], projections.num_heads * projections.head_dim))
 
     def update(self, x: torch.Tensor, bias: torch.Tensor, angles: torch.Tensor,
                source: bool) -> torch.Tensor:

@@ -22,6 +22,9 @@ OpenMM's PythonForce and anything else holding an ``Evaluator`` with ``compile=T
   featurization stays eager. On 2 CPU cores this gains 1.15-1.3x at 64 waters
   (``benchmarks/RESULTS.md``).
 
+On the CPU, every path's neighbourhood attention calls the fused kernel of
+``allscaip.slot_kernel`` (where it builds; else inductor's kernels).
+
 Inference only: force training differentiates twice, which compiled graphs do not support.
 """
 
@@ -58,6 +61,7 @@ class CompiledEnergy:
         self._whole = None
         self._fused = None
         self._wide_fused = None
+        self.slot_kernel: bool | None = None  # the fused slot-attention kernel in use (None: not decided)
 
     def __getstate__(self) -> dict:
         """Picklable (PythonForce Systems are serialised): the compiled code is rebuilt on use."""
@@ -67,6 +71,23 @@ class CompiledEnergy:
         self.__init__(state["model"])
         self.failed = state["failed"]
         self.wide_slots = state.get("wide_slots", 0)
+
+    def _prepare(self) -> None:
+        """Before the first compilation: let the neighbourhood attention use the fused CPU kernel
+        (``allscaip.slot_kernel``) where it applies (frequency mask with equal blocks, parameters
+        on the CPU) and builds."""
+        if self.slot_kernel is not None:
+            return
+        from allscaip import slot_kernel
+        from allscaip.attention import NeighborhoodAttention
+
+        layers = [m for m in self.model.modules() if isinstance(m, NeighborhoodAttention)]
+        fits = all(m.use_freq_mask and len(set(m.frequency_repeats)) == 1
+                   and sum(m.frequency_repeats) == m.src_attn.head_dim for m in layers)
+        on_cpu = all(p.device.type == "cpu" for p in self.model.parameters())
+        self.slot_kernel = bool(layers) and fits and on_cpu and slot_kernel.available()
+        for layer in layers:
+            layer.use_slot_kernel = self.slot_kernel
 
     def _backend(self, graph_module, example_inputs, config_patches=None):
         from torch._inductor.compile_fx import compile_fx
@@ -151,6 +172,7 @@ class CompiledEnergy:
         A fixed-shape molecule runs ``_molecule_gradients`` compiled (a graph per atom count);
         everything else, and a molecule whose fused graph failed to compile, ``__call__`` and
         autograd."""
+        self._prepare()
         backbone = self.model.backbone
         if (inputs and not self.failed and not self.fused_failed
                 and has_fixed_shapes(positions.shape[0], plan, backbone.knn_k, backbone.knn_delta)):
@@ -186,6 +208,7 @@ class CompiledEnergy:
     def __call__(self, positions, atomic_numbers, cell, pbc, charge, spin, plan) -> torch.Tensor:
         """Raw energy of strained positions and cell, differentiable by autograd."""
         arguments = (positions, atomic_numbers, cell, pbc, charge, spin, plan)
+        self._prepare()
         if self.failed:
             return self.eager_energy(*arguments)
 

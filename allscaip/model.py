@@ -9,7 +9,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from allscaip.attention import (NeighborhoodAttention, NodeAttention, gather_slots, gradients,
+from allscaip.attention import (NeighborhoodAttention, NodeAttention, compiling, gather_slots, gradients,
                                 legendre_weights, rms_norm)
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
@@ -25,16 +25,6 @@ CHARGE_OFFSET = 100  # charge embedding row = total charge + 100 (charges -100..
 N_CHARGES = 201
 N_SPINS = 101  # spin embedding row = spin multiplicity (0..100)
 NEIGHBORHOOD_CHUNK = 16  # blocked mode: neighbourhood attention on 16 * block_size atoms at once
-
-
-def compiling() -> bool:
-    """Whether ``torch.compile`` is tracing this call (False under TorchScript): the input block
-    then takes the dense Gaussian product, which inductor fuses, instead of ``embedding_bag``,
-    whose backward is slow on CPU; both compute the same."""
-    if torch.jit.is_scripting():
-        return False
-    else:
-        return torch.compiler.is_compiling()
 
 
 def linear_gelu(n_in: int, n_out: int) -> nn.Sequential:
@@ -90,7 +80,8 @@ class InputBlock(nn.Module):
         linear = self.edge_attr_linear[0]
         n_gauss = linear.weight.shape[1] - edge_harmonics.shape[1]
         distance_weight = linear.weight[:, :n_gauss].T.contiguous()  # (G, H)
-        if self.training or compiling():  # double-differentiable (force training); fused when compiled
+        # double-differentiable (force training); fused when compiled (embedding_bag's backward is slow on CPU)
+        if self.training or compiling():
             dense = torch.zeros((gauss_value.shape[0], n_gauss), dtype=gauss_value.dtype,
                                 device=gauss_value.device).scatter_add(1, gauss_index, gauss_value)
             pre = dense @ distance_weight

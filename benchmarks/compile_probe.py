@@ -10,6 +10,7 @@ which is why the fast-path issue asks for a fixed slot width before compile is s
     .venv/bin/python benchmarks/compile_probe.py --waters 64 --pad-slots 8   # bucketed width
     .venv/bin/python benchmarks/compile_probe.py --gas --waters 1 5   # compile=True, no box
     .venv/bin/python benchmarks/compile_probe.py --box --waters 64 216 --configurations 4  # compile=True, box
+    .venv/bin/python benchmarks/compile_probe.py --box --waters 64 --without-slot-kernel  # what the kernel buys
 
 ``--gas`` times what ``compile=True`` gives a molecule or cluster without a box instead: the
 whole call compiled (fixed-shape molecule graph, one graph), against the same model eager.
@@ -74,6 +75,9 @@ def model_probe(model, args) -> None:
     from bench_ops import system
 
     variants = {"compiled": copy.deepcopy(model).compile_network()}
+    if args.without_slot_kernel:  # the same compiled path with inductor's attention kernels
+        variants["no slot kernel"] = copy.deepcopy(model).compile_network()
+        variants["no slot kernel"].compiled.slot_kernel = False
     if args.box:
         variants["network only"] = copy.deepcopy(model).compile_network()
         variants["network only"].compiled.wide_failed = True  # what a narrow cell runs
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the waters without a box, whole call compiled (compile=True)")
     parser.add_argument("--box", action="store_true",
                         help="compile=True in a box: the fused wide-cell graph, and the network-only path")
+    parser.add_argument("--without-slot-kernel", action="store_true",
+                        help="--gas/--box: also the compiled path without the fused slot-attention kernel")
     parser.add_argument("--configurations", type=int, default=1,
                         help="--gas/--box: rattled configurations timed (different slot counts)")
     args = parser.parse_args(argv)

@@ -1,0 +1,89 @@
+"""A fused CPU kernel for the frequency-masked attention over each atom's slots, used by the
+compiled path (``compile=True``) in place of its many small batched products and softmax kernels.
+
+``slot_attention(q, k, v, angles, bias, scale)`` computes what ``NeighborhoodAttention`` does
+between its projections: the block-wise q . k products weighted by the Legendre table, scaled,
+biased, the softmax over the slots and the product with v, with a backward pass of its own
+(gradients for q, k, v, angles and bias). The C++ source (``slot_attention.cpp``) is compiled on
+first use with torch's extension builder (cached per machine) and registered as the operator
+``allscaip_kernels::slot_attention``, which ``torch.compile`` keeps as one call. Where it cannot
+be built (no compiler), ``available()`` warns once and the compiled path keeps inductor's
+kernels.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("slot_attention.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+_state: dict = {"loaded": None}
+_lock = threading.Lock()
+
+
+def _register() -> None:
+    """Output shapes of the built operators, for tracing."""
+
+    @torch.library.register_fake("allscaip_kernels::slot_attention")
+    def _(q, k, v, angles, bias, scale):
+        return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[1]))
+
+    @torch.library.register_fake("allscaip_kernels::slot_attention_backward")
+    def _(q, k, v, angles, probs, grad_out, scale):
+        return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), angles.new_empty(angles.shape),
+                q.new_empty((q.shape[0], q.shape[1])))
+
+
+class SlotAttention(torch.autograd.Function):
+    """The operator with its backward pass. ``setup_context`` makes it usable inside
+    ``torch.func`` transforms (the compiled path takes forces with ``grad_and_value``)."""
+
+    @staticmethod
+    def forward(q, k, v, angles, bias, scale):
+        return torch.ops.allscaip_kernels.slot_attention(q, k, v, angles, bias, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, angles, _, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(q, k, v, angles, output[1])
+        ctx.scale = scale
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_probs):
+        q, k, v, angles, probs = ctx.saved_tensors
+        grads = torch.ops.allscaip_kernels.slot_attention_backward(q, k, v, angles, probs, grad_out, ctx.scale)
+        return (*grads, None)
+
+
+def available() -> bool:
+    """Whether the fused kernel is built and registered (building it on the first call; a
+    failure warns once and returns False from then on)."""
+    with _lock:
+        if _state["loaded"] is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                load(name="allscaip_slot_attention", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                     extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+                _register()
+                _state["loaded"] = True
+            except Exception as error:  # noqa: BLE001 -- no compiler, headers, ...: say why, go on without
+                _state["loaded"] = False
+                reason = (str(error).strip().splitlines() or [""])[-1]
+                warnings.warn(f"the fused slot-attention kernel could not be built ({type(error).__name__}: "
+                              f"{reason}); the compiled path keeps inductor's kernels", RuntimeWarning, stacklevel=2)
+        return bool(_state["loaded"])
+
+
+@torch._dynamo.allow_in_graph  # traced as a call, not into: dynamo cannot nest it in torch.func
+def slot_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, angles: torch.Tensor, bias: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """softmax(scale * sum_l angles_l * (q_l k_l^T) + bias) v per row and head, for q, k, v
+    (rows, slots, heads, dim), angles (rows, blocks, slots, slots) and bias (rows, slots):
+    (rows, slots, heads, dim)."""
+    return SlotAttention.apply(q, k, v, angles, bias, scale)[0]
