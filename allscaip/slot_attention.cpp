@@ -182,23 +182,24 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& q, const at:
        bc = bias.contiguous();
   const Shape s = shape_of(q, angles);
   auto out = at::empty_like(qc);
-  auto probs = at::empty({s.rows, s.heads, s.slots, s.slots}, qc.options());
+  // the softmax weights stay in the lane layout (groups, heads, slots, slots, LANES): only the
+  // backward pass reads them
+  auto probs = at::empty({s.groups(), s.heads, s.slots, s.slots, LANES}, qc.options());
   const int64_t per_head = s.heads * s.slots * s.dim, pairs = s.slots * s.slots;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slot_attention", [&] {
     using V = typename Lanes<scalar_t>::type;
     at::parallel_for(0, s.groups(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<V> qp(per_head), kp(per_head), vp(per_head), op(per_head), ap(s.blocks * pairs), bp(s.slots),
-          pp(s.heads * pairs);
+      std::vector<V> qp(per_head), kp(per_head), vp(per_head), op(per_head), ap(s.blocks * pairs), bp(s.slots);
       for (int64_t g = begin; g < end; ++g) {
         pack(qc.data_ptr<scalar_t>(), qp.data(), g, s.rows, per_head);
         pack(kc.data_ptr<scalar_t>(), kp.data(), g, s.rows, per_head);
         pack(vc.data_ptr<scalar_t>(), vp.data(), g, s.rows, per_head);
         pack(ac.data_ptr<scalar_t>(), ap.data(), g, s.rows, s.blocks * pairs);
         pack(bc.data_ptr<scalar_t>(), bp.data(), g, s.rows, s.slots);
-        forward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(), op.data(), pp.data(),
+        V* pp = reinterpret_cast<V*>(probs.data_ptr<scalar_t>()) + g * s.heads * pairs;
+        forward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(), op.data(), pp,
                                 static_cast<scalar_t>(scale));
         unpack(op.data(), out.data_ptr<scalar_t>(), g, s.rows, per_head);
-        unpack(pp.data(), probs.data_ptr<scalar_t>(), g, s.rows, s.heads * pairs);
       }
     });
   });
@@ -218,16 +219,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_atte
     using V = typename Lanes<scalar_t>::type;
     at::parallel_for(0, s.groups(), 1, [&](int64_t begin, int64_t end) {
       std::vector<V> qp(per_head), kp(per_head), vp(per_head), gop(per_head), ap(s.blocks * pairs),
-          pp(s.heads * pairs), gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gbp(s.slots);
+          gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gbp(s.slots);
       for (int64_t g = begin; g < end; ++g) {
         pack(qc.data_ptr<scalar_t>(), qp.data(), g, s.rows, per_head);
         pack(kc.data_ptr<scalar_t>(), kp.data(), g, s.rows, per_head);
         pack(vc.data_ptr<scalar_t>(), vp.data(), g, s.rows, per_head);
         pack(gc.data_ptr<scalar_t>(), gop.data(), g, s.rows, per_head);
         pack(ac.data_ptr<scalar_t>(), ap.data(), g, s.rows, s.blocks * pairs);
-        pack(pc.data_ptr<scalar_t>(), pp.data(), g, s.rows, s.heads * pairs);
+        const V* pp = reinterpret_cast<const V*>(pc.data_ptr<scalar_t>()) + g * s.heads * pairs;
         for (auto* buffer : {&gqp, &gkp, &gvp, &gap, &gbp}) std::fill(buffer->begin(), buffer->end(), V{});
-        backward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), pp.data(), gop.data(), gqp.data(),
+        backward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), pp, gop.data(), gqp.data(),
                                  gkp.data(), gvp.data(), gap.data(), gbp.data(), static_cast<scalar_t>(scale));
         unpack(gqp.data(), gq.data_ptr<scalar_t>(), g, s.rows, per_head);
         unpack(gkp.data(), gk.data_ptr<scalar_t>(), g, s.rows, per_head);

@@ -30,7 +30,9 @@ def _register() -> None:
 
     @torch.library.register_fake("allscaip_kernels::slot_attention")
     def _(q, k, v, angles, bias, scale):
-        return q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[1]))
+        lanes = 8  # the softmax weights in the kernel's lane layout (LANES in slot_attention.cpp)
+        return q.new_empty(q.shape), q.new_empty(((q.shape[0] + lanes - 1) // lanes, q.shape[2], q.shape[1], q.shape[1],
+                                                  lanes))
 
     @torch.library.register_fake("allscaip_kernels::slot_attention_backward")
     def _(q, k, v, angles, probs, grad_out, scale):
