@@ -5,14 +5,16 @@ compiled path (``compile=True``) in place of its many small batched products and
 between its projections: the block-wise q . k products weighted by the Legendre table, scaled,
 biased, the softmax over the slots and the product with v, with a backward pass of its own
 (gradients for q, k, v, angles and bias). The C++ source (``slot_attention.cpp``) is compiled on
-first use with torch's extension builder (cached per machine) and registered as the operator
-``allscaip_kernels::slot_attention``, which ``torch.compile`` keeps as one call. Where it cannot
-be built (no compiler), ``available()`` warns once and the compiled path keeps inductor's
-kernels.
+first use with torch's extension builder (cached, one build per CPU instruction set) and
+registered as the operator ``allscaip_kernels::slot_attention``, which ``torch.compile`` keeps as
+one call. Where it cannot be built (no compiler), ``available()`` warns once and the compiled
+path keeps inductor's kernels.
 """
 
 from __future__ import annotations
 
+import hashlib
+import platform
 import threading
 import warnings
 from pathlib import Path
@@ -62,6 +64,18 @@ class SlotAttention(torch.autograd.Function):
         return (*grads, None)
 
 
+def build_name() -> str:
+    """The extension's name, one per instruction set: it is compiled with ``-march=native``, and a
+    build cache shared by machines of another CPU kind must not hand them a build they cannot run."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            features = next((line for line in handle if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        features = ""
+    features = features or platform.machine() + platform.processor()
+    return "allscaip_slot_attention_" + hashlib.sha1(features.encode()).hexdigest()[:12]
+
+
 def available() -> bool:
     """Whether the fused kernel is built and registered (building it on the first call; a
     failure warns once and returns False from then on)."""
@@ -70,7 +84,7 @@ def available() -> bool:
             try:
                 from torch.utils.cpp_extension import load
 
-                load(name="allscaip_slot_attention", sources=[str(SOURCE)], extra_cflags=FLAGS,
+                load(name=build_name(), sources=[str(SOURCE)], extra_cflags=FLAGS,
                      extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
                 _register()
                 _state["loaded"] = True
