@@ -116,14 +116,15 @@ def node_attention_bias(sines: torch.Tensor, omega: torch.Tensor, radial_weight:
     sinc . weight); index: ``graph.pair_matrix_index(N)``. Returns (..., heads, N, N).
     """
     softplus = torch.nn.functional.softplus
-    weight = softplus(torch.matmul(sines, radial_weight.T)) + eps  # (..., M, heads)
-    own = softplus(torch.matmul(omega.to(sines.dtype), radial_weight.T)) + eps  # (heads,)
-    total = 2.0 * weight.sum(dim=-2) + n_atoms * own  # (..., heads)
-    scale = (float(n_atoms * n_atoms) / total.clamp_min(eps)).unsqueeze(-2)
-    values = torch.cat([torch.log(weight * scale), torch.log(own * scale).expand(
-        list(weight.shape[:-2]) + [n_atoms, weight.shape[-1]])], dim=-2)  # (..., M + N, heads)
-    matrix = torch.index_select(values, values.dim() - 2, index)  # (..., N * N, heads)
-    return matrix.reshape(list(values.shape[:-2]) + [n_atoms, n_atoms, values.shape[-1]]).movedim(-1, -3)
+    # heads ahead of pairs, so that every pass (and the backward scatter) runs along the pairs
+    weight = softplus(torch.matmul(radial_weight, sines.transpose(-1, -2))) + eps  # (..., heads, M)
+    own = softplus(torch.matmul(radial_weight, omega.to(sines.dtype))) + eps  # (heads,)
+    total = 2.0 * weight.sum(dim=-1) + n_atoms * own  # (..., heads)
+    scale = (float(n_atoms * n_atoms) / total.clamp_min(eps)).unsqueeze(-1)
+    values = torch.cat([torch.log(weight * scale), torch.log(own.unsqueeze(-1) * scale).expand(
+        list(weight.shape[:-1]) + [n_atoms])], dim=-1)  # (..., heads, M + N)
+    matrix = torch.index_select(values, values.dim() - 1, index)  # (..., heads, N * N)
+    return matrix.reshape(list(values.shape[:-1]) + [n_atoms, n_atoms])
 
 
 def node_attention_log_weight(sines: torch.Tensor, radial_weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
