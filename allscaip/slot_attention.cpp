@@ -26,6 +26,41 @@ struct Lanes {
   typedef T type __attribute__((vector_size(LANES * sizeof(T))));
 };
 
+// exp of each lane: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor series (to well
+// below the type's rounding), 2^n put into the exponent bits. Lanes below the smallest normal
+// result (the -inf of empty slots included) give 0.
+template <typename T>
+struct ExpTraits;
+template <>
+struct ExpTraits<float> {
+  typedef int32_t Int;
+  static constexpr int terms = 8, mantissa = 23, bias = 127;
+  static constexpr float lowest = -87.0f, shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+};
+template <>
+struct ExpTraits<double> {
+  typedef int64_t Int;
+  static constexpr int terms = 14, mantissa = 52, bias = 1023;
+  static constexpr double lowest = -708.0, shifter = 6755399441055744.0;  // 1.5 * 2^52
+};
+
+template <typename T, typename V = typename Lanes<T>::type>
+V lanes_exp(V x) {
+  typedef ExpTraits<T> E;
+  typedef typename E::Int Int;
+  typedef Int IntV __attribute__((vector_size(sizeof(V))));
+  const auto low = x < E::lowest;  // all-ones lanes where the result is 0
+  x = low ? V{} + E::lowest : x;
+  V n = x * static_cast<T>(1.4426950408889634) + E::shifter;  // round(x / ln2), kept in floating point
+  n -= E::shifter;
+  const V r = (x - n * static_cast<T>(0.693145751953125)) - n * static_cast<T>(1.4286068203094173e-06);
+  V poly = V{} + static_cast<T>(1.0);  // Horner: 1 + r (1 + r/2 (1 + r/3 (...)))
+  for (int term = E::terms; term >= 1; --term) poly = poly * (r * static_cast<T>(1.0 / term)) + static_cast<T>(1.0);
+  const IntV scale = (__builtin_convertvector(n, IntV) + E::bias) << E::mantissa;
+  V result = poly * reinterpret_cast<const V&>(scale);
+  return low ? V{} : result;
+}
+
 struct Shape {
   int64_t rows, heads, slots, dim, blocks;
   int64_t block() const { return dim / blocks; }
@@ -79,8 +114,7 @@ void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* 
       }
       V total = V{};
       for (int64_t b = 0; b < P; ++b) {
-        V e = score[b] - top;
-        for (int64_t j = 0; j < LANES; ++j) e[j] = std::exp(e[j]);
+        const V e = lanes_exp<T, V>(score[b] - top);
         score[b] = e;
         total += e;
       }
