@@ -120,10 +120,6 @@ class NeighborhoodAttention(nn.Module):
         self.dst_attn_res_scale = nn.Parameter(torch.tensor(scale), requires_grad=use_residual_scaling)
         self.use_freq_mask = use_freq_mask
         self.frequency_repeats = frequency_repeats
-        # set by allscaip.compiled where the fused CPU kernel is built (see allscaip.slot_kernel);
-        # used only while torch.compile traces
-        self.use_slot_kernel = False
-        self.slot_kernel_min_atoms = SLOT_KERNEL_MIN_ATOMS
 
     def modulated_scores(self, q: torch.Tensor, k: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Frequency-modulated q . k of every two slots (B, heads, P, P).
@@ -153,7 +149,7 @@ class NeighborhoodAttention(nn.Module):
         """Attention of projected slots (B, heads, P, d), frequency-modulated if enabled,
         through the source or destination output projection: (B, P, H)."""
         mask = bias[:, None, None, :]
-        if self.use_slot_kernel and compiling() and q.shape[0] >= self.slot_kernel_min_atoms:
+        if angles.dim() == 3:  # the slots' edge directions: the fused kernel (Backbone.slot_kernel_applies)
             return self.fused_attend(q, k, v, bias, angles, source)
         if self.use_freq_mask:
             scores = self.modulated_scores(q, k, angles)
@@ -166,13 +162,15 @@ class NeighborhoodAttention(nn.Module):
 
     @torch.jit.unused
     def fused_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     angles: torch.Tensor, source: bool) -> torch.Tensor:
-        """``attend`` through the fused kernel of ``allscaip.slot_kernel`` while compiling (the
-        frequency mask with equal blocks, on CPU); the same function as the other branches."""
+                     directions: torch.Tensor, source: bool) -> torch.Tensor:
+        """``attend`` through the fused kernel of ``allscaip.slot_kernel`` (the frequency mask with
+        equal blocks, on CPU), which makes the Legendre table from the slots' edge directions
+        (B, P, 3) itself; the same function as the other branches."""
         from allscaip.slot_kernel import slot_attention
 
         projections = self.src_attn if source else self.dst_attn
-        out = slot_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), angles, bias,
+        out = slot_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), directions, bias,
+                             len(self.frequency_repeats),
                              1.0 / math.sqrt(projections.head_dim))  # the projections' layout: no copies
         return projections.attn_out_proj(out.reshape(v.shape[0], q.shape[2], projections.num_heads * projections.head_dim))
 

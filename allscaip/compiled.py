@@ -75,7 +75,7 @@ class CompiledEnergy:
     def _prepare(self) -> None:
         """Before the first compilation: let the neighbourhood attention use the fused CPU kernel
         (``allscaip.slot_kernel``) where it applies (frequency mask with equal blocks, parameters
-        on the CPU) and builds."""
+        on the CPU) and builds. An unpickled copy decides again on its first call, where it runs."""
         if self.slot_kernel is not None:
             return
         from allscaip import slot_kernel
@@ -86,8 +86,7 @@ class CompiledEnergy:
                    and sum(m.frequency_repeats) == m.src_attn.head_dim for m in layers)
         on_cpu = all(p.device.type == "cpu" for p in self.model.parameters())
         self.slot_kernel = bool(layers) and fits and on_cpu and slot_kernel.available()
-        for layer in layers:
-            layer.use_slot_kernel = self.slot_kernel
+        self.model.backbone.use_slot_kernel = self.slot_kernel
 
     def _backend(self, graph_module, example_inputs, config_patches=None):
         from torch._inductor.compile_fx import compile_fx

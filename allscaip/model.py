@@ -9,8 +9,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from allscaip.attention import (NeighborhoodAttention, NodeAttention, compiling, gather_slots, gradients,
-                                legendre_weights, rms_norm)
+from allscaip.attention import (SLOT_KERNEL_MIN_ATOMS, NeighborhoodAttention, NodeAttention, compiling, gather_slots,
+                                gradients, legendre_weights, rms_norm)
 from allscaip.config import ModelConfig
 from allscaip.features import (bond_orientational_order, gaussian_grid,
                                gaussian_offsets, gaussian_window, sinc_frequencies, sine_kernels,
@@ -132,7 +132,8 @@ class BlockInputs(NamedTuple):
     dst_bias: torch.Tensor
     to_dst: torch.Tensor
     to_src: torch.Tensor
-    src_angles: torch.Tensor  # Legendre weights of slot-pair angles (frequency mask), else empty
+    src_angles: torch.Tensor  # Legendre weights of slot-pair angles (B, L, P, P) (frequency mask), else empty;
+    # with the fused slot kernel (Backbone.slot_kernel_applies) the slots' edge directions (B, P, 3)
     dst_angles: torch.Tensor
     sines: torch.Tensor  # (N (N-1)/2, K) sine_kernels of the pairs i < j (dense node attention), else empty
     sine_index: torch.Tensor  # pair_matrix_index(N) that spreads pair values over (N, N), else empty
@@ -245,6 +246,14 @@ class Backbone(nn.Module):
         self.register_buffer("distance_offsets", offsets, persistent=False)
         self.gaussian_grid: Tuple[float, float] = gaussian_grid(offsets)
         self.register_buffer("sinc_omega", sinc_frequencies(cfg.attn_num_freq), persistent=False)
+        self.use_slot_kernel = False  # set by allscaip.compiled where the fused CPU kernel is built
+
+    def slot_kernel_applies(self, n_atoms: int) -> bool:
+        """Whether the neighbourhood attention runs through the fused kernel (``allscaip.slot_kernel``):
+        the layouts then carry their slots' edge directions (B, P, 3), not their Legendre table."""
+        if torch.jit.is_scripting():
+            return False
+        return self.use_slot_kernel and n_atoms >= SLOT_KERNEL_MIN_ATOMS
 
     def attention_bias(self, env: torch.Tensor) -> torch.Tensor:
         if self.use_envelope:
@@ -292,8 +301,12 @@ class Backbone(nn.Module):
         if self.use_freq_mask:  # from each slot's edge direction, in both layouts
             slot_directions = scatter_to_slots(directions, graph.edge_slot, n_atoms * n_slots, 0.0).view(
                 n_atoms, n_slots, 3)
-            src_angles = legendre_weights(slot_directions, self.frequency_blocks)
-            dst_angles = legendre_weights(gather_slots(slot_directions, graph.to_dst), self.frequency_blocks)
+            dst_directions = gather_slots(slot_directions, graph.to_dst)
+            if self.slot_kernel_applies(n_atoms):  # the kernel makes the table itself
+                src_angles, dst_angles = slot_directions, dst_directions
+            else:
+                src_angles = legendre_weights(slot_directions, self.frequency_blocks)
+                dst_angles = legendre_weights(dst_directions, self.frequency_blocks)
         sines = empty
         sine_index = torch.empty(0, dtype=torch.long, device=x.device)
         pairs = PairImages(empty.view(0, 3), empty.view(0, 3), empty.view(0, 3), empty,

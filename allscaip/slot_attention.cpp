@@ -1,9 +1,12 @@
 // Fused frequency-masked attention over each atom's slots (allscaip.slot_kernel), forward and
 // backward, for the compiled CPU path. q, k, v: (rows, slots, heads, dim), the projections' own
-// layout. Per row n (an atom's slots) and head h:
+// layout; u: (rows, slots, 3) the slots' edge directions. Per row n (an atom's slots) and head h:
 //   s[a,b] = scale * sum_l A[n,l,a,b] * (q_l[a] . k_l[b]) + bias[n,b],  p = softmax_b(s),
 //   out[a] = sum_b p[a,b] v[b]
-// where q_l, k_l are channel block l of q and k (blocks of equal size). Every row has the same
+// where q_l, k_l are channel block l of q and k (blocks of equal size) and A[n,l,a,b] the Legendre
+// weight P_l of the angle between u[n,a] and u[n,b], computed here by the recurrence of
+// allscaip.attention.legendre_weights (homogeneous in each vector: zero directions weigh l = 0
+// by 1, l > 0 by 0), so that the (rows, blocks, slots, slots) table is never stored. Every row has the same
 // shape, so LANES rows are processed together, one per vector lane: each group of rows is
 // copied into a lane-innermost layout, and every inner loop runs over the lanes (a fixed count
 // the compiler vectorises), whatever the slot and block sizes.
@@ -13,6 +16,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -85,11 +89,67 @@ void unpack(const V* src, T* dst, int64_t g, int64_t rows, int64_t inner) {
   }
 }
 
+// A (blocks, slots, slots) of one group from its directions u (slots, 3)
 template <typename T, typename V = typename Lanes<T>::type>
+void legendre_table(const Shape& s, const V* u, V* A) {
+  const int64_t P = s.slots, pairs = P * P;
+  for (int64_t a = 0; a < P; ++a) {
+    const V* ua = u + 3 * a;
+    const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
+    for (int64_t b = 0; b < P; ++b) {
+      const V* ub = u + 3 * b;
+      const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
+      const V norm = squared_a * (ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2]);
+      V* w = A + a * P + b;  // w[l * pairs]: P_l
+      w[0] = V{} + static_cast<T>(1.0);
+      if (s.blocks > 1) w[pairs] = dot;
+      for (int64_t l = 1; l + 1 < s.blocks; ++l)
+        w[(l + 1) * pairs] = (static_cast<T>(2 * l + 1) * dot * w[l * pairs] - static_cast<T>(l) * norm * w[(l - 1) * pairs]) *
+                             (static_cast<T>(1) / static_cast<T>(l + 1));
+    }
+  }
+}
+
+// the gradient of the directions (slots, 3), accumulated, from the table's gA (consumed)
+template <typename T, typename V = typename Lanes<T>::type>
+void legendre_backward(const Shape& s, const V* u, const V* A, V* gA, V* gu) {
+  const int64_t P = s.slots, pairs = P * P;
+  for (int64_t a = 0; a < P; ++a) {
+    const V* ua = u + 3 * a;
+    const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
+    for (int64_t b = 0; b < P; ++b) {
+      const V* ub = u + 3 * b;
+      const V squared_b = ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2];
+      const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
+      const V norm = squared_a * squared_b;
+      const V* w = A + a * P + b;
+      V* gw = gA + a * P + b;
+      V g_dot = V{}, g_norm = V{};
+      for (int64_t l = s.blocks - 2; l >= 1; --l) {  // back through w[l + 1] = (c1 dot w[l] - c2 norm w[l - 1]) / (l + 1)
+        const V g = gw[(l + 1) * pairs] * (static_cast<T>(1) / static_cast<T>(l + 1));
+        const V c1 = g * static_cast<T>(2 * l + 1), c2 = g * static_cast<T>(l);
+        g_dot += c1 * w[l * pairs];
+        g_norm -= c2 * w[(l - 1) * pairs];
+        gw[l * pairs] += c1 * dot;
+        gw[(l - 1) * pairs] -= c2 * norm;
+      }
+      if (s.blocks > 1) g_dot += gw[pairs];
+      V* gua = gu + 3 * a;
+      V* gub = gu + 3 * b;
+      for (int x = 0; x < 3; ++x) {
+        gua[x] += g_dot * ub[x] + static_cast<T>(2.0) * g_norm * squared_b * ua[x];
+        gub[x] += g_dot * ua[x] + static_cast<T>(2.0) * g_norm * squared_a * ub[x];
+      }
+    }
+  }
+}
+
+// BLOCK: the channels per block when known at compile time (dispatch_block), else 0
+template <typename T, int BLOCK, typename V = typename Lanes<T>::type>
 void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* A, const V* bias, V* out,
                    V* probs, T scale) {
   // q, k, v, out: (slots, heads, dim); A: (blocks, slots, slots); bias: (slots); probs: (heads, slots, slots)
-  const int64_t P = s.slots, D = s.dim, B = s.block(), HD = s.heads * s.dim;
+  const int64_t P = s.slots, D = s.dim, B = BLOCK > 0 ? BLOCK : s.block(), HD = s.heads * s.dim;
   std::vector<V> score(P);
   for (int64_t h = 0; h < s.heads; ++h) {
     const V* qh = q + h * D;
@@ -130,11 +190,11 @@ void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* 
   }
 }
 
-template <typename T, typename V = typename Lanes<T>::type>
+template <typename T, int BLOCK, typename V = typename Lanes<T>::type>
 void backward_group(const Shape& s, const V* q, const V* k, const V* v, const V* A, const V* probs, const V* go,
                     V* gq, V* gk, V* gv, V* gA, V* gbias, T scale) {
   // layouts as in forward_group; gradients accumulate into zeroed buffers of the same layouts
-  const int64_t P = s.slots, D = s.dim, B = s.block(), HD = s.heads * s.dim;
+  const int64_t P = s.slots, D = s.dim, B = BLOCK > 0 ? BLOCK : s.block(), HD = s.heads * s.dim;
   std::vector<V> g(P);
   for (int64_t h = 0; h < s.heads; ++h) {
     const int64_t offset = h * D;
@@ -170,7 +230,7 @@ void backward_group(const Shape& s, const V* q, const V* k, const V* v, const V*
         gbias[b] += gb;
         g[b] = gb * scale;
       }
-      // through s = sum_l A_l (q_l . k_l): the angles take g (q_l . k_l), q_l and k_l take g A_l
+      // through s = sum_l A_l (q_l . k_l): the table takes g (q_l . k_l), q_l and k_l take g A_l
       for (int64_t b = 0; b < P; ++b) {
         const V gb = g[b];
         const V* kb = kh + b * HD;
@@ -191,30 +251,46 @@ void backward_group(const Shape& s, const V* q, const V* k, const V* v, const V*
   }
 }
 
-Shape shape_of(const at::Tensor& q, const at::Tensor& angles) {  // q: (rows, slots, heads, dim)
-  return Shape{q.size(0), q.size(2), q.size(1), q.size(3), angles.size(1)};
+// f(std::integral_constant<int, BLOCK>) with the block size as a compile-time constant where it
+// is a common one (the inner products then unroll), else BLOCK 0
+template <typename F>
+void dispatch_block(int64_t block, F&& f) {
+  switch (block) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
 }
 
-void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& angles,
-           const at::Tensor& bias) {
+Shape shape_of(const at::Tensor& q, int64_t blocks) {  // q: (rows, slots, heads, dim)
+  return Shape{q.size(0), q.size(2), q.size(1), q.size(3), blocks};
+}
+
+void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& directions,
+           const at::Tensor& bias, int64_t blocks) {
   TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "slot_attention: q, k, v must be (rows, slots, heads, dim) of one shape");
-  TORCH_CHECK(angles.dim() == 4 && angles.size(0) == q.size(0) && angles.size(2) == q.size(1) &&
-                  angles.size(3) == q.size(1) && q.size(3) % angles.size(1) == 0,
-              "slot_attention: angles must be (rows, blocks, slots, slots), blocks dividing dim");
+  TORCH_CHECK(directions.dim() == 3 && directions.size(0) == q.size(0) && directions.size(1) == q.size(1) &&
+                  directions.size(2) == 3,
+              "slot_attention: directions must be (rows, slots, 3)");
+  TORCH_CHECK(blocks >= 1 && q.size(3) % blocks == 0, "slot_attention: blocks must be at least 1, dividing dim");
   TORCH_CHECK(bias.dim() == 2 && bias.size(0) == q.size(0) && bias.size(1) == q.size(1),
               "slot_attention: bias must be (rows, slots)");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
-                  angles.scalar_type() == q.scalar_type() && bias.scalar_type() == q.scalar_type(),
+                  directions.scalar_type() == q.scalar_type() && bias.scalar_type() == q.scalar_type(),
               "slot_attention: all inputs must have one dtype");
 }
 
 std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                  const at::Tensor& angles, const at::Tensor& bias, double scale) {
-  check(q, k, v, angles, bias);
-  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), ac = angles.contiguous(),
+                                                  const at::Tensor& directions, const at::Tensor& bias, int64_t blocks,
+                                                  double scale) {
+  check(q, k, v, directions, bias, blocks);
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), uc = directions.contiguous(),
        bc = bias.contiguous();
-  const Shape s = shape_of(q, angles);
+  const Shape s = shape_of(q, blocks);
   auto out = at::empty_like(qc);
   // the softmax weights stay in the lane layout (groups, heads, slots, slots, LANES): only the
   // backward pass reads them
@@ -223,16 +299,20 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& q, const at:
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slot_attention", [&] {
     using V = typename Lanes<scalar_t>::type;
     at::parallel_for(0, s.groups(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<V> qp(per_head), kp(per_head), vp(per_head), op(per_head), ap(s.blocks * pairs), bp(s.slots);
+      std::vector<V> qp(per_head), kp(per_head), vp(per_head), op(per_head), up(3 * s.slots), ap(s.blocks * pairs),
+          bp(s.slots);
       for (int64_t g = begin; g < end; ++g) {
         pack(qc.data_ptr<scalar_t>(), qp.data(), g, s.rows, per_head);
         pack(kc.data_ptr<scalar_t>(), kp.data(), g, s.rows, per_head);
         pack(vc.data_ptr<scalar_t>(), vp.data(), g, s.rows, per_head);
-        pack(ac.data_ptr<scalar_t>(), ap.data(), g, s.rows, s.blocks * pairs);
+        pack(uc.data_ptr<scalar_t>(), up.data(), g, s.rows, 3 * s.slots);
         pack(bc.data_ptr<scalar_t>(), bp.data(), g, s.rows, s.slots);
+        legendre_table<scalar_t, V>(s, up.data(), ap.data());
         V* pp = reinterpret_cast<V*>(probs.data_ptr<scalar_t>()) + g * s.heads * pairs;
-        forward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(), op.data(), pp,
-                                static_cast<scalar_t>(scale));
+        dispatch_block(s.block(), [&](auto block) {
+          forward_group<scalar_t, decltype(block)::value, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(),
+                                                             op.data(), pp, static_cast<scalar_t>(scale));
+        });
         unpack(op.data(), out.data_ptr<scalar_t>(), g, s.rows, per_head);
       }
     });
@@ -241,46 +321,52 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& q, const at:
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_attention_backward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& angles,
-    const at::Tensor& probs, const at::Tensor& grad_out, double scale) {
-  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), ac = angles.contiguous(),
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& directions,
+    const at::Tensor& probs, const at::Tensor& grad_out, int64_t blocks, double scale) {
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), uc = directions.contiguous(),
        pc = probs.contiguous(), gc = grad_out.contiguous();
-  const Shape s = shape_of(q, angles);
-  auto gq = at::empty_like(qc), gk = at::empty_like(qc), gv = at::empty_like(qc), ga = at::empty_like(ac);
+  const Shape s = shape_of(q, blocks);
+  auto gq = at::empty_like(qc), gk = at::empty_like(qc), gv = at::empty_like(qc), gu = at::empty_like(uc);
   auto gb = at::empty({s.rows, s.slots}, qc.options());
   const int64_t per_head = s.heads * s.slots * s.dim, pairs = s.slots * s.slots;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "slot_attention_backward", [&] {
     using V = typename Lanes<scalar_t>::type;
     at::parallel_for(0, s.groups(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<V> qp(per_head), kp(per_head), vp(per_head), gop(per_head), ap(s.blocks * pairs),
-          gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gbp(s.slots);
+      std::vector<V> qp(per_head), kp(per_head), vp(per_head), gop(per_head), up(3 * s.slots), ap(s.blocks * pairs),
+          gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gup(3 * s.slots), gbp(s.slots);
       for (int64_t g = begin; g < end; ++g) {
         pack(qc.data_ptr<scalar_t>(), qp.data(), g, s.rows, per_head);
         pack(kc.data_ptr<scalar_t>(), kp.data(), g, s.rows, per_head);
         pack(vc.data_ptr<scalar_t>(), vp.data(), g, s.rows, per_head);
         pack(gc.data_ptr<scalar_t>(), gop.data(), g, s.rows, per_head);
-        pack(ac.data_ptr<scalar_t>(), ap.data(), g, s.rows, s.blocks * pairs);
+        pack(uc.data_ptr<scalar_t>(), up.data(), g, s.rows, 3 * s.slots);
+        legendre_table<scalar_t, V>(s, up.data(), ap.data());
         const V* pp = reinterpret_cast<const V*>(pc.data_ptr<scalar_t>()) + g * s.heads * pairs;
-        for (auto* buffer : {&gqp, &gkp, &gvp, &gap, &gbp}) std::fill(buffer->begin(), buffer->end(), V{});
-        backward_group<scalar_t, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), pp, gop.data(), gqp.data(),
-                                 gkp.data(), gvp.data(), gap.data(), gbp.data(), static_cast<scalar_t>(scale));
+        for (auto* buffer : {&gqp, &gkp, &gvp, &gap, &gup, &gbp}) std::fill(buffer->begin(), buffer->end(), V{});
+        dispatch_block(s.block(), [&](auto block) {
+          backward_group<scalar_t, decltype(block)::value, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), pp,
+                                                              gop.data(), gqp.data(), gkp.data(), gvp.data(), gap.data(),
+                                                              gbp.data(), static_cast<scalar_t>(scale));
+        });
+        legendre_backward<scalar_t, V>(s, up.data(), ap.data(), gap.data(), gup.data());
         unpack(gqp.data(), gq.data_ptr<scalar_t>(), g, s.rows, per_head);
         unpack(gkp.data(), gk.data_ptr<scalar_t>(), g, s.rows, per_head);
         unpack(gvp.data(), gv.data_ptr<scalar_t>(), g, s.rows, per_head);
-        unpack(gap.data(), ga.data_ptr<scalar_t>(), g, s.rows, s.blocks * pairs);
+        unpack(gup.data(), gu.data_ptr<scalar_t>(), g, s.rows, 3 * s.slots);
         unpack(gbp.data(), gb.data_ptr<scalar_t>(), g, s.rows, s.slots);
       }
     });
   });
-  return {gq, gk, gv, ga, gb};
+  return {gq, gk, gv, gu, gb};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(allscaip_kernels, m) {
-  m.def("slot_attention(Tensor q, Tensor k, Tensor v, Tensor angles, Tensor bias, float scale) -> (Tensor, Tensor)");
-  m.def("slot_attention_backward(Tensor q, Tensor k, Tensor v, Tensor angles, Tensor probs, Tensor grad_out, "
-        "float scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("slot_attention(Tensor q, Tensor k, Tensor v, Tensor directions, Tensor bias, int blocks, float scale) -> "
+        "(Tensor, Tensor)");
+  m.def("slot_attention_backward(Tensor q, Tensor k, Tensor v, Tensor directions, Tensor probs, Tensor grad_out, "
+        "int blocks, float scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(allscaip_kernels, CPU, m) {

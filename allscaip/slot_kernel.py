@@ -1,10 +1,11 @@
 """A fused CPU kernel for the frequency-masked attention over each atom's slots, used by the
 compiled path (``compile=True``) in place of its many small batched products and softmax kernels.
 
-``slot_attention(q, k, v, angles, bias, scale)`` computes what ``NeighborhoodAttention`` does
-between its projections: the block-wise q . k products weighted by the Legendre table, scaled,
-biased, the softmax over the slots and the product with v, with a backward pass of its own
-(gradients for q, k, v, angles and bias). The C++ source (``slot_attention.cpp``) is compiled on
+``slot_attention(q, k, v, directions, bias, blocks, scale)`` computes what
+``NeighborhoodAttention`` does between its projections: the block-wise q . k products weighted by
+the Legendre table of the slots' edge directions (made inside, never stored), scaled, biased, the
+softmax over the slots and the product with v, with a backward pass of its own (gradients for q,
+k, v, the directions and the bias). The C++ source (``slot_attention.cpp``) is compiled on
 first use with torch's extension builder (cached, one build per CPU instruction set) and
 registered as the operator ``allscaip_kernels::slot_attention``, which ``torch.compile`` keeps as
 one call. Where it cannot be built (no compiler), ``available()`` warns once and the compiled
@@ -31,14 +32,14 @@ def _register() -> None:
     """Output shapes of the built operators, for tracing."""
 
     @torch.library.register_fake("allscaip_kernels::slot_attention")
-    def _(q, k, v, angles, bias, scale):
+    def _(q, k, v, directions, bias, blocks, scale):
         lanes = 8  # the softmax weights in the kernel's lane layout (LANES in slot_attention.cpp)
         return q.new_empty(q.shape), q.new_empty(((q.shape[0] + lanes - 1) // lanes, q.shape[2], q.shape[1], q.shape[1],
                                                   lanes))
 
     @torch.library.register_fake("allscaip_kernels::slot_attention_backward")
-    def _(q, k, v, angles, probs, grad_out, scale):
-        return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), angles.new_empty(angles.shape),
+    def _(q, k, v, directions, probs, grad_out, blocks, scale):
+        return (q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), directions.new_empty(directions.shape),
                 q.new_empty((q.shape[0], q.shape[1])))
 
 
@@ -47,21 +48,22 @@ class SlotAttention(torch.autograd.Function):
     ``torch.func`` transforms (the compiled path takes forces with ``grad_and_value``)."""
 
     @staticmethod
-    def forward(q, k, v, angles, bias, scale):
-        return torch.ops.allscaip_kernels.slot_attention(q, k, v, angles, bias, scale)
+    def forward(q, k, v, directions, bias, blocks, scale):
+        return torch.ops.allscaip_kernels.slot_attention(q, k, v, directions, bias, blocks, scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, angles, _, scale = inputs
+        q, k, v, directions, _, blocks, scale = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(q, k, v, angles, output[1])
-        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, directions, output[1])
+        ctx.blocks, ctx.scale = blocks, scale
 
     @staticmethod
     def backward(ctx, grad_out, grad_probs):
-        q, k, v, angles, probs = ctx.saved_tensors
-        grads = torch.ops.allscaip_kernels.slot_attention_backward(q, k, v, angles, probs, grad_out, ctx.scale)
-        return (*grads, None)
+        q, k, v, directions, probs = ctx.saved_tensors
+        grads = torch.ops.allscaip_kernels.slot_attention_backward(q, k, v, directions, probs, grad_out, ctx.blocks,
+                                                                   ctx.scale)
+        return (*grads, None, None)
 
 
 def build_name() -> str:
@@ -97,9 +99,9 @@ def available() -> bool:
 
 
 @torch._dynamo.allow_in_graph  # traced as a call, not into: dynamo cannot nest it in torch.func
-def slot_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, angles: torch.Tensor, bias: torch.Tensor,
-                   scale: float) -> torch.Tensor:
-    """softmax(scale * sum_l angles_l * (q_l k_l^T) + bias) v per row and head, for q, k, v
-    (rows, slots, heads, dim), angles (rows, blocks, slots, slots) and bias (rows, slots):
-    (rows, slots, heads, dim)."""
-    return SlotAttention.apply(q, k, v, angles, bias, scale)[0]
+def slot_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, directions: torch.Tensor, bias: torch.Tensor,
+                   blocks: int, scale: float) -> torch.Tensor:
+    """softmax(scale * sum_l A_l * (q_l k_l^T) + bias) v per row and head, for q, k, v
+    (rows, slots, heads, dim), the slots' edge directions (rows, slots, 3), whose
+    ``legendre_weights(directions, blocks)`` are A, and bias (rows, slots): (rows, slots, heads, dim)."""
+    return SlotAttention.apply(q, k, v, directions, bias, blocks, scale)[0]
