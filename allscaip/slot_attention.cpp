@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -89,10 +90,11 @@ void unpack(const V* src, T* dst, int64_t g, int64_t rows, int64_t inner) {
   }
 }
 
-// A (blocks, slots, slots) of one group from its directions u (slots, 3)
+// A (slots, slots, blocks) of one group from its directions u (slots, 3): the blocks of a slot
+// pair side by side, as the products read them
 template <typename T, typename V = typename Lanes<T>::type>
 void legendre_table(const Shape& s, const V* u, V* A) {
-  const int64_t P = s.slots, pairs = P * P;
+  const int64_t P = s.slots;
   for (int64_t a = 0; a < P; ++a) {
     const V* ua = u + 3 * a;
     const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
@@ -100,11 +102,11 @@ void legendre_table(const Shape& s, const V* u, V* A) {
       const V* ub = u + 3 * b;
       const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
       const V norm = squared_a * (ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2]);
-      V* w = A + a * P + b;  // w[l * pairs]: P_l
+      V* w = A + (a * P + b) * s.blocks;  // w[l]: P_l
       w[0] = V{} + static_cast<T>(1.0);
-      if (s.blocks > 1) w[pairs] = dot;
+      if (s.blocks > 1) w[1] = dot;
       for (int64_t l = 1; l + 1 < s.blocks; ++l)
-        w[(l + 1) * pairs] = (static_cast<T>(2 * l + 1) * dot * w[l * pairs] - static_cast<T>(l) * norm * w[(l - 1) * pairs]) *
+        w[l + 1] = (static_cast<T>(2 * l + 1) * dot * w[l] - static_cast<T>(l) * norm * w[l - 1]) *
                              (static_cast<T>(1) / static_cast<T>(l + 1));
     }
   }
@@ -113,7 +115,7 @@ void legendre_table(const Shape& s, const V* u, V* A) {
 // the gradient of the directions (slots, 3), accumulated, from the table's gA (consumed)
 template <typename T, typename V = typename Lanes<T>::type>
 void legendre_backward(const Shape& s, const V* u, const V* A, V* gA, V* gu) {
-  const int64_t P = s.slots, pairs = P * P;
+  const int64_t P = s.slots;
   for (int64_t a = 0; a < P; ++a) {
     const V* ua = u + 3 * a;
     const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
@@ -122,18 +124,18 @@ void legendre_backward(const Shape& s, const V* u, const V* A, V* gA, V* gu) {
       const V squared_b = ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2];
       const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
       const V norm = squared_a * squared_b;
-      const V* w = A + a * P + b;
-      V* gw = gA + a * P + b;
+      const V* w = A + (a * P + b) * s.blocks;
+      V* gw = gA + (a * P + b) * s.blocks;
       V g_dot = V{}, g_norm = V{};
       for (int64_t l = s.blocks - 2; l >= 1; --l) {  // back through w[l + 1] = (c1 dot w[l] - c2 norm w[l - 1]) / (l + 1)
-        const V g = gw[(l + 1) * pairs] * (static_cast<T>(1) / static_cast<T>(l + 1));
+        const V g = gw[l + 1] * (static_cast<T>(1) / static_cast<T>(l + 1));
         const V c1 = g * static_cast<T>(2 * l + 1), c2 = g * static_cast<T>(l);
-        g_dot += c1 * w[l * pairs];
-        g_norm -= c2 * w[(l - 1) * pairs];
-        gw[l * pairs] += c1 * dot;
-        gw[(l - 1) * pairs] -= c2 * norm;
+        g_dot += c1 * w[l];
+        g_norm -= c2 * w[l - 1];
+        gw[l] += c1 * dot;
+        gw[l - 1] -= c2 * norm;
       }
-      if (s.blocks > 1) g_dot += gw[pairs];
+      if (s.blocks > 1) g_dot += gw[1];
       V* gua = gu + 3 * a;
       V* gub = gu + 3 * b;
       for (int x = 0; x < 3; ++x) {
@@ -144,33 +146,52 @@ void legendre_backward(const Shape& s, const V* u, const V* A, V* gA, V* gu) {
   }
 }
 
-// BLOCK: the channels per block when known at compile time (dispatch_block), else 0
-template <typename T, int BLOCK, typename V = typename Lanes<T>::type>
+// DIM, BLOCK: the head's channels and the channels per block when known at compile time
+// (dispatch_shape), else 0. The loops run over chunks of whole blocks (CHUNK channels, or the
+// block or the head if either is wider; the whole head for run-time sizes) and keep the chunk
+// they accumulate (of an output row, a gradient row) in a local array, which compile-time sizes
+// let the compiler hold in registers.
+constexpr int64_t MAX_DIM = 256;  // channels per head of the generic (DIM 0) instantiation
+constexpr int64_t CHUNK = 16;
+
+template <int DIM, int BLOCK>
+struct Chunks {
+  static constexpr int64_t capacity = DIM > 0 ? (BLOCK > CHUNK ? BLOCK : (DIM < CHUNK ? DIM : CHUNK)) : MAX_DIM;
+  int64_t dim, block, size;  // size: channels per chunk, a multiple of the block dividing dim
+  Chunks(const Shape& s)
+      : dim(DIM > 0 ? DIM : s.dim), block(BLOCK > 0 ? BLOCK : s.block()), size(DIM > 0 ? capacity : dim) {}
+};
+
+template <typename T, int DIM, int BLOCK, typename V = typename Lanes<T>::type>
 void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* A, const V* bias, V* out,
                    V* probs, T scale) {
-  // q, k, v, out: (slots, heads, dim); A: (blocks, slots, slots); bias: (slots); probs: (heads, slots, slots)
-  const int64_t P = s.slots, D = s.dim, B = BLOCK > 0 ? BLOCK : s.block(), HD = s.heads * s.dim;
+  // q, k, v, out: (slots, heads, dim); A: (slots, slots, blocks); bias: (slots); probs: (heads, slots, slots)
+  const Chunks<DIM, BLOCK> ch(s);
+  const int64_t P = s.slots, D = ch.dim, B = ch.block, C = ch.size, L = D / B, HD = s.heads * s.dim;
+  V qa[Chunks<DIM, BLOCK>::capacity], acc[Chunks<DIM, BLOCK>::capacity];
   std::vector<V> score(P);
   for (int64_t h = 0; h < s.heads; ++h) {
-    const V* qh = q + h * D;
-    const V* kh = k + h * D;
-    const V* vh = v + h * D;
-    V* oh = out + h * D;
     V* ph = probs + h * P * P;
     for (int64_t a = 0; a < P; ++a) {
-      const V* qa = qh + a * HD;
+      std::fill(score.begin(), score.end(), V{});
+      for (int64_t c0 = 0; c0 < D; c0 += C) {
+        for (int64_t c = 0; c < C; ++c) qa[c] = q[a * HD + h * D + c0 + c];
+        for (int64_t b = 0; b < P; ++b) {
+          const V* kb = k + b * HD + h * D + c0;
+          const V* Aab = A + (a * P + b) * L + c0 / B;
+          V sum = V{};
+          for (int64_t l = 0; l < C / B; ++l) {
+            V t = V{};
+            for (int64_t c = l * B; c < (l + 1) * B; ++c) t += qa[c] * kb[c];
+            sum += t * Aab[l];
+          }
+          score[b] += sum;
+        }
+      }
       V top = V{} - std::numeric_limits<T>::infinity();
       for (int64_t b = 0; b < P; ++b) {
-        const V* kb = kh + b * HD;
-        V sum = V{};
-        for (int64_t l = 0; l < s.blocks; ++l) {
-          V t = V{};
-          for (int64_t c = l * B; c < (l + 1) * B; ++c) t += qa[c] * kb[c];
-          sum += t * A[(l * P + a) * P + b];
-        }
-        sum = sum * scale + bias[b];
-        score[b] = sum;
-        top = sum > top ? sum : top;
+        score[b] = score[b] * scale + bias[b];
+        top = score[b] > top ? score[b] : top;
       }
       V total = V{};
       for (int64_t b = 0; b < P; ++b) {
@@ -178,91 +199,119 @@ void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* 
         score[b] = e;
         total += e;
       }
-      V* oa = oh + a * HD;
-      for (int64_t c = 0; c < D; ++c) oa[c] = V{};
-      for (int64_t b = 0; b < P; ++b) {
-        const V pab = score[b] / total;
-        ph[a * P + b] = pab;
-        const V* vb = vh + b * HD;
-        for (int64_t c = 0; c < D; ++c) oa[c] += pab * vb[c];
+      const V inverse = static_cast<T>(1) / total;
+      for (int64_t b = 0; b < P; ++b) ph[a * P + b] = score[b] * inverse;
+      for (int64_t c0 = 0; c0 < D; c0 += C) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = V{};
+        for (int64_t b = 0; b < P; ++b) {
+          const V pab = ph[a * P + b];
+          const V* vb = v + b * HD + h * D + c0;
+          for (int64_t c = 0; c < C; ++c) acc[c] += pab * vb[c];
+        }
+        for (int64_t c = 0; c < C; ++c) out[a * HD + h * D + c0 + c] = acc[c];
       }
     }
   }
 }
 
-template <typename T, int BLOCK, typename V = typename Lanes<T>::type>
+template <typename T, int DIM, int BLOCK, typename V = typename Lanes<T>::type>
 void backward_group(const Shape& s, const V* q, const V* k, const V* v, const V* A, const V* probs, const V* go,
-                    V* gq, V* gk, V* gv, V* gA, V* gbias, T scale) {
-  // layouts as in forward_group; gradients accumulate into zeroed buffers of the same layouts
-  const int64_t P = s.slots, D = s.dim, B = BLOCK > 0 ? BLOCK : s.block(), HD = s.heads * s.dim;
-  std::vector<V> g(P);
+                    V* gq, V* gk, V* gv, V* gA, V* gbias, V* G, T scale) {
+  // layouts as in forward_group; gq, gk, gv are written, gA and gbias accumulate into zeroed
+  // buffers; G (slots, slots) is workspace: the scores' gradient of one head
+  const Chunks<DIM, BLOCK> ch(s);
+  const int64_t P = s.slots, D = ch.dim, B = ch.block, C = ch.size, L = D / B, HD = s.heads * s.dim;
+  V row[Chunks<DIM, BLOCK>::capacity], acc[Chunks<DIM, BLOCK>::capacity];
   for (int64_t h = 0; h < s.heads; ++h) {
-    const int64_t offset = h * D;
-    const V* qh = q + offset;
-    const V* kh = k + offset;
-    const V* vh = v + offset;
-    const V* goh = go + offset;
-    V* gqh = gq + offset;
-    V* gkh = gk + offset;
-    V* gvh = gv + offset;
     const V* ph = probs + h * P * P;
-    for (int64_t a = 0; a < P; ++a) {
-      const V* qa = qh + a * HD;
-      const V* goa = goh + a * HD;
-      V* gqa = gqh + a * HD;
-      // the weights' gradient g[b] = grad_out[a] . v[b]; v's: p[a,b] grad_out[a]
-      V dot = V{};
-      for (int64_t b = 0; b < P; ++b) {
-        const V pab = ph[a * P + b];
-        const V* vb = vh + b * HD;
-        V* gvb = gvh + b * HD;
-        V gb = V{};
-        for (int64_t c = 0; c < D; ++c) {
-          gb += goa[c] * vb[c];
-          gvb[c] += pab * goa[c];
+    // the weights' gradient go[a] . v[b], chunk by chunk
+    std::fill(G, G + P * P, V{});
+    for (int64_t c0 = 0; c0 < D; c0 += C)
+      for (int64_t a = 0; a < P; ++a) {
+        for (int64_t c = 0; c < C; ++c) row[c] = go[a * HD + h * D + c0 + c];
+        for (int64_t b = 0; b < P; ++b) {
+          const V* vb = v + b * HD + h * D + c0;
+          V g = V{};
+          for (int64_t c = 0; c < C; ++c) g += row[c] * vb[c];
+          G[a * P + b] += g;
         }
-        g[b] = gb;
-        dot += pab * gb;
       }
-      // through the softmax (the bias takes this gradient as it is), then the scale
+    // the scores' gradient through p = softmax(s) (the bias takes it as it is), then the scale
+    for (int64_t a = 0; a < P; ++a) {
+      V dot = V{};
+      for (int64_t b = 0; b < P; ++b) dot += ph[a * P + b] * G[a * P + b];
       for (int64_t b = 0; b < P; ++b) {
-        const V gb = ph[a * P + b] * (g[b] - dot);
-        gbias[b] += gb;
-        g[b] = gb * scale;
+        const V g = ph[a * P + b] * (G[a * P + b] - dot);
+        gbias[b] += g;
+        G[a * P + b] = g * scale;
       }
-      // through s = sum_l A_l (q_l . k_l): the table takes g (q_l . k_l), q_l and k_l take g A_l
+    }
+    for (int64_t c0 = 0; c0 < D; c0 += C) {
+      // v[b] takes sum_a p[a,b] go[a]
       for (int64_t b = 0; b < P; ++b) {
-        const V gb = g[b];
-        const V* kb = kh + b * HD;
-        V* gkb = gkh + b * HD;
-        for (int64_t l = 0; l < s.blocks; ++l) {
-          const int64_t at = (l * P + a) * P + b;
-          V t = V{};
-          for (int64_t c = l * B; c < (l + 1) * B; ++c) t += qa[c] * kb[c];
-          gA[at] += gb * t;
-          const V w = gb * A[at];
-          for (int64_t c = l * B; c < (l + 1) * B; ++c) {
-            gqa[c] += w * kb[c];
-            gkb[c] += w * qa[c];
+        for (int64_t c = 0; c < C; ++c) acc[c] = V{};
+        for (int64_t a = 0; a < P; ++a) {
+          const V pab = ph[a * P + b];
+          const V* goa = go + a * HD + h * D + c0;
+          for (int64_t c = 0; c < C; ++c) acc[c] += pab * goa[c];
+        }
+        for (int64_t c = 0; c < C; ++c) gv[b * HD + h * D + c0 + c] = acc[c];
+      }
+      // through s = sum_l A_l (q_l . k_l): A_l takes G (q_l . k_l), q_l[a] sum_b G A_l k_l[b]
+      for (int64_t a = 0; a < P; ++a) {
+        for (int64_t c = 0; c < C; ++c) row[c] = q[a * HD + h * D + c0 + c], acc[c] = V{};
+        for (int64_t b = 0; b < P; ++b) {
+          const V g = G[a * P + b];
+          const V* kb = k + b * HD + h * D + c0;
+          const int64_t at = (a * P + b) * L + c0 / B;
+          for (int64_t l = 0; l < C / B; ++l) {
+            V t = V{};
+            for (int64_t c = l * B; c < (l + 1) * B; ++c) t += row[c] * kb[c];
+            gA[at + l] += g * t;
+            const V w = g * A[at + l];
+            for (int64_t c = l * B; c < (l + 1) * B; ++c) acc[c] += w * kb[c];
           }
         }
+        for (int64_t c = 0; c < C; ++c) gq[a * HD + h * D + c0 + c] = acc[c];
+      }
+      // k_l[b] takes sum_a G A_l q_l[a]
+      for (int64_t b = 0; b < P; ++b) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = V{};
+        for (int64_t a = 0; a < P; ++a) {
+          const V g = G[a * P + b];
+          const V* qa = q + a * HD + h * D + c0;
+          const V* Aab = A + (a * P + b) * L + c0 / B;
+          for (int64_t l = 0; l < C / B; ++l) {
+            const V w = g * Aab[l];
+            for (int64_t c = l * B; c < (l + 1) * B; ++c) acc[c] += w * qa[c];
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) gk[b * HD + h * D + c0 + c] = acc[c];
       }
     }
   }
 }
 
-// f(std::integral_constant<int, BLOCK>) with the block size as a compile-time constant where it
-// is a common one (the inner products then unroll), else BLOCK 0
-template <typename F>
+// f(DIM, BLOCK) as std::integral_constant values: compile-time sizes for the common shapes (16
+// or 32 channels per head, blocks of 1-16), else 0 and 0 (sizes read at run time)
+template <int DIM, typename F>
 void dispatch_block(int64_t block, F&& f) {
+  using std::integral_constant;
   switch (block) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    case 16: return f(std::integral_constant<int, 16>{});
-    default: return f(std::integral_constant<int, 0>{});
+    case 1: return f(integral_constant<int, DIM>{}, integral_constant<int, 1>{});
+    case 2: return f(integral_constant<int, DIM>{}, integral_constant<int, 2>{});
+    case 4: return f(integral_constant<int, DIM>{}, integral_constant<int, 4>{});
+    case 8: return f(integral_constant<int, DIM>{}, integral_constant<int, 8>{});
+    case 16: return f(integral_constant<int, DIM>{}, integral_constant<int, 16>{});
+    default: return f(integral_constant<int, 0>{}, integral_constant<int, 0>{});
   }
+}
+
+template <typename F>
+void dispatch_shape(int64_t dim, int64_t block, F&& f) {
+  if (dim == 16) return dispatch_block<16>(block, f);
+  if (dim == 32) return dispatch_block<32>(block, f);
+  return f(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
 }
 
 Shape shape_of(const at::Tensor& q, int64_t blocks) {  // q: (rows, slots, heads, dim)
@@ -277,6 +326,7 @@ void check(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const 
                   directions.size(2) == 3,
               "slot_attention: directions must be (rows, slots, 3)");
   TORCH_CHECK(blocks >= 1 && q.size(3) % blocks == 0, "slot_attention: blocks must be at least 1, dividing dim");
+  TORCH_CHECK(q.size(3) <= MAX_DIM, "slot_attention: at most ", MAX_DIM, " channels per head");
   TORCH_CHECK(bias.dim() == 2 && bias.size(0) == q.size(0) && bias.size(1) == q.size(1),
               "slot_attention: bias must be (rows, slots)");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
@@ -309,9 +359,9 @@ std::tuple<at::Tensor, at::Tensor> slot_attention(const at::Tensor& q, const at:
         pack(bc.data_ptr<scalar_t>(), bp.data(), g, s.rows, s.slots);
         legendre_table<scalar_t, V>(s, up.data(), ap.data());
         V* pp = reinterpret_cast<V*>(probs.data_ptr<scalar_t>()) + g * s.heads * pairs;
-        dispatch_block(s.block(), [&](auto block) {
-          forward_group<scalar_t, decltype(block)::value, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(),
-                                                             op.data(), pp, static_cast<scalar_t>(scale));
+        dispatch_shape(s.dim, s.block(), [&](auto dim, auto block) {
+          forward_group<scalar_t, decltype(dim)::value, decltype(block)::value, V>(
+              s, qp.data(), kp.data(), vp.data(), ap.data(), bp.data(), op.data(), pp, static_cast<scalar_t>(scale));
         });
         unpack(op.data(), out.data_ptr<scalar_t>(), g, s.rows, per_head);
       }
@@ -333,7 +383,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_atte
     using V = typename Lanes<scalar_t>::type;
     at::parallel_for(0, s.groups(), 1, [&](int64_t begin, int64_t end) {
       std::vector<V> qp(per_head), kp(per_head), vp(per_head), gop(per_head), up(3 * s.slots), ap(s.blocks * pairs),
-          gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gup(3 * s.slots), gbp(s.slots);
+          gqp(per_head), gkp(per_head), gvp(per_head), gap(s.blocks * pairs), gup(3 * s.slots), gbp(s.slots),
+          work(pairs);
       for (int64_t g = begin; g < end; ++g) {
         pack(qc.data_ptr<scalar_t>(), qp.data(), g, s.rows, per_head);
         pack(kc.data_ptr<scalar_t>(), kp.data(), g, s.rows, per_head);
@@ -342,11 +393,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> slot_atte
         pack(uc.data_ptr<scalar_t>(), up.data(), g, s.rows, 3 * s.slots);
         legendre_table<scalar_t, V>(s, up.data(), ap.data());
         const V* pp = reinterpret_cast<const V*>(pc.data_ptr<scalar_t>()) + g * s.heads * pairs;
-        for (auto* buffer : {&gqp, &gkp, &gvp, &gap, &gup, &gbp}) std::fill(buffer->begin(), buffer->end(), V{});
-        dispatch_block(s.block(), [&](auto block) {
-          backward_group<scalar_t, decltype(block)::value, V>(s, qp.data(), kp.data(), vp.data(), ap.data(), pp,
-                                                              gop.data(), gqp.data(), gkp.data(), gvp.data(), gap.data(),
-                                                              gbp.data(), static_cast<scalar_t>(scale));
+        for (auto* buffer : {&gap, &gup, &gbp}) std::fill(buffer->begin(), buffer->end(), V{});
+        dispatch_shape(s.dim, s.block(), [&](auto dim, auto block) {
+          backward_group<scalar_t, decltype(dim)::value, decltype(block)::value, V>(
+              s, qp.data(), kp.data(), vp.data(), ap.data(), pp, gop.data(), gqp.data(), gkp.data(), gvp.data(),
+              gap.data(), gbp.data(), work.data(), static_cast<scalar_t>(scale));
         });
         legendre_backward<scalar_t, V>(s, up.data(), ap.data(), gap.data(), gup.data());
         unpack(gqp.data(), gq.data_ptr<scalar_t>(), g, s.rows, per_head);

@@ -37,10 +37,12 @@ def inputs(rows, slots, heads, dim, dtype, seed=0):
 
 
 @pytest.mark.parametrize("rows,slots,heads,dim,blocks", [(13, 9, 2, 8, 4), (8, 21, 2, 16, 16), (3, 6, 1, 12, 3),
-                                                         (9, 5, 2, 4, 1), (9, 5, 2, 4, 2)])
+                                                         (9, 5, 2, 4, 1), (9, 5, 2, 4, 2), (10, 7, 2, 32, 4),
+                                                         (10, 7, 1, 32, 1), (5, 6, 2, 48, 2)])
 def test_forward_and_gradients_equal_the_attention_they_replace(rows, slots, heads, dim, blocks):
     """Row counts that fill no, one or several groups of vector lanes; 1-2 heads; 1-16 blocks
-    (of 1-4 channels): every branch of the Legendre recurrence."""
+    (of 1-24 channels): every branch of the Legendre recurrence, heads of 16 and 32 channels
+    (compile-time sizes, two chunks of 16 for 32) and of other sizes (run-time sizes)."""
     leaves = [t.requires_grad_(True) for t in inputs(rows, slots, heads, dim, torch.float64)]
     want = reference(*leaves, blocks, 0.3)
     got = slot_kernel.slot_attention(*leaves, blocks, 0.3)
