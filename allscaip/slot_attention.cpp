@@ -90,60 +90,65 @@ void unpack(const V* src, T* dst, int64_t g, int64_t rows, int64_t inner) {
   }
 }
 
+template <typename V>
+inline V dot3(const V* x, const V* y) {
+  return x[0] * y[0] + x[1] * y[1] + x[2] * y[2];
+}
+
+// f(a, b, u[a], u[b], |u[a]|^2, |u[b]|^2, u[a] . u[b]) for every two slots of a group
+template <typename V, typename F>
+void each_pair(int64_t P, const V* u, F&& f) {
+  for (int64_t a = 0; a < P; ++a) {
+    const V* ua = u + 3 * a;
+    const V squared_a = dot3(ua, ua);
+    for (int64_t b = 0; b < P; ++b) {
+      const V* ub = u + 3 * b;
+      f(a, b, ua, ub, squared_a, dot3(ub, ub), dot3(ua, ub));
+    }
+  }
+}
+
 // A (slots, slots, blocks) of one group from its directions u (slots, 3): the blocks of a slot
 // pair side by side, as the products read them
 template <typename T, typename V = typename Lanes<T>::type>
 void legendre_table(const Shape& s, const V* u, V* A) {
   const int64_t P = s.slots;
-  for (int64_t a = 0; a < P; ++a) {
-    const V* ua = u + 3 * a;
-    const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
-    for (int64_t b = 0; b < P; ++b) {
-      const V* ub = u + 3 * b;
-      const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
-      const V norm = squared_a * (ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2]);
-      V* w = A + (a * P + b) * s.blocks;  // w[l]: P_l
-      w[0] = V{} + static_cast<T>(1.0);
-      if (s.blocks > 1) w[1] = dot;
-      for (int64_t l = 1; l + 1 < s.blocks; ++l)
-        w[l + 1] = (static_cast<T>(2 * l + 1) * dot * w[l] - static_cast<T>(l) * norm * w[l - 1]) *
-                             (static_cast<T>(1) / static_cast<T>(l + 1));
-    }
-  }
+  each_pair(P, u, [&](int64_t a, int64_t b, const V*, const V*, V squared_a, V squared_b, V dot) {
+    const V norm = squared_a * squared_b;
+    V* w = A + (a * P + b) * s.blocks;  // w[l]: P_l
+    w[0] = V{} + static_cast<T>(1.0);
+    if (s.blocks > 1) w[1] = dot;
+    for (int64_t l = 1; l + 1 < s.blocks; ++l)
+      w[l + 1] = (static_cast<T>(2 * l + 1) * dot * w[l] - static_cast<T>(l) * norm * w[l - 1]) *
+                 (static_cast<T>(1) / static_cast<T>(l + 1));
+  });
 }
 
 // the gradient of the directions (slots, 3), accumulated, from the table's gA (consumed)
 template <typename T, typename V = typename Lanes<T>::type>
 void legendre_backward(const Shape& s, const V* u, const V* A, V* gA, V* gu) {
   const int64_t P = s.slots;
-  for (int64_t a = 0; a < P; ++a) {
-    const V* ua = u + 3 * a;
-    const V squared_a = ua[0] * ua[0] + ua[1] * ua[1] + ua[2] * ua[2];
-    for (int64_t b = 0; b < P; ++b) {
-      const V* ub = u + 3 * b;
-      const V squared_b = ub[0] * ub[0] + ub[1] * ub[1] + ub[2] * ub[2];
-      const V dot = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2];
-      const V norm = squared_a * squared_b;
-      const V* w = A + (a * P + b) * s.blocks;
-      V* gw = gA + (a * P + b) * s.blocks;
-      V g_dot = V{}, g_norm = V{};
-      for (int64_t l = s.blocks - 2; l >= 1; --l) {  // back through w[l + 1] = (c1 dot w[l] - c2 norm w[l - 1]) / (l + 1)
-        const V g = gw[l + 1] * (static_cast<T>(1) / static_cast<T>(l + 1));
-        const V c1 = g * static_cast<T>(2 * l + 1), c2 = g * static_cast<T>(l);
-        g_dot += c1 * w[l];
-        g_norm -= c2 * w[l - 1];
-        gw[l] += c1 * dot;
-        gw[l - 1] -= c2 * norm;
-      }
-      if (s.blocks > 1) g_dot += gw[1];
-      V* gua = gu + 3 * a;
-      V* gub = gu + 3 * b;
-      for (int x = 0; x < 3; ++x) {
-        gua[x] += g_dot * ub[x] + static_cast<T>(2.0) * g_norm * squared_b * ua[x];
-        gub[x] += g_dot * ua[x] + static_cast<T>(2.0) * g_norm * squared_a * ub[x];
-      }
+  each_pair(P, u, [&](int64_t a, int64_t b, const V* ua, const V* ub, V squared_a, V squared_b, V dot) {
+    const V norm = squared_a * squared_b;
+    const V* w = A + (a * P + b) * s.blocks;
+    V* gw = gA + (a * P + b) * s.blocks;
+    V g_dot = V{}, g_norm = V{};
+    for (int64_t l = s.blocks - 2; l >= 1; --l) {  // back through w[l + 1] = (c1 dot w[l] - c2 norm w[l - 1]) / (l + 1)
+      const V g = gw[l + 1] * (static_cast<T>(1) / static_cast<T>(l + 1));
+      const V c1 = g * static_cast<T>(2 * l + 1), c2 = g * static_cast<T>(l);
+      g_dot += c1 * w[l];
+      g_norm -= c2 * w[l - 1];
+      gw[l] += c1 * dot;
+      gw[l - 1] -= c2 * norm;
     }
-  }
+    if (s.blocks > 1) g_dot += gw[1];
+    V* gua = gu + 3 * a;
+    V* gub = gu + 3 * b;
+    for (int x = 0; x < 3; ++x) {
+      gua[x] += g_dot * ub[x] + static_cast<T>(2.0) * g_norm * squared_b * ua[x];
+      gub[x] += g_dot * ua[x] + static_cast<T>(2.0) * g_norm * squared_a * ub[x];
+    }
+  });
 }
 
 // DIM, BLOCK: the head's channels and the channels per block when known at compile time
@@ -161,6 +166,19 @@ struct Chunks {
   Chunks(const Shape& s)
       : dim(DIM > 0 ? DIM : s.dim), block(BLOCK > 0 ? BLOCK : s.block()), size(DIM > 0 ? capacity : dim) {}
 };
+
+// dst[c] = sum_i weights[i * stride] rows[i * row_stride + c] for c < C, accumulated in acc
+template <typename V>
+inline void weighted_rows(const V* weights, int64_t stride, const V* rows, int64_t row_stride, int64_t n, int64_t C,
+                          V* acc, V* dst) {
+  for (int64_t c = 0; c < C; ++c) acc[c] = V{};
+  for (int64_t i = 0; i < n; ++i) {
+    const V w = weights[i * stride];
+    const V* row = rows + i * row_stride;
+    for (int64_t c = 0; c < C; ++c) acc[c] += w * row[c];
+  }
+  for (int64_t c = 0; c < C; ++c) dst[c] = acc[c];
+}
 
 template <typename T, int DIM, int BLOCK, typename V = typename Lanes<T>::type>
 void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* A, const V* bias, V* out,
@@ -201,15 +219,8 @@ void forward_group(const Shape& s, const V* q, const V* k, const V* v, const V* 
       }
       const V inverse = static_cast<T>(1) / total;
       for (int64_t b = 0; b < P; ++b) ph[a * P + b] = score[b] * inverse;
-      for (int64_t c0 = 0; c0 < D; c0 += C) {
-        for (int64_t c = 0; c < C; ++c) acc[c] = V{};
-        for (int64_t b = 0; b < P; ++b) {
-          const V pab = ph[a * P + b];
-          const V* vb = v + b * HD + h * D + c0;
-          for (int64_t c = 0; c < C; ++c) acc[c] += pab * vb[c];
-        }
-        for (int64_t c = 0; c < C; ++c) out[a * HD + h * D + c0 + c] = acc[c];
-      }
+      for (int64_t c0 = 0; c0 < D; c0 += C)
+        weighted_rows(ph + a * P, 1, v + h * D + c0, HD, P, C, acc, out + a * HD + h * D + c0);
     }
   }
 }
@@ -248,15 +259,8 @@ void backward_group(const Shape& s, const V* q, const V* k, const V* v, const V*
     }
     for (int64_t c0 = 0; c0 < D; c0 += C) {
       // v[b] takes sum_a p[a,b] go[a]
-      for (int64_t b = 0; b < P; ++b) {
-        for (int64_t c = 0; c < C; ++c) acc[c] = V{};
-        for (int64_t a = 0; a < P; ++a) {
-          const V pab = ph[a * P + b];
-          const V* goa = go + a * HD + h * D + c0;
-          for (int64_t c = 0; c < C; ++c) acc[c] += pab * goa[c];
-        }
-        for (int64_t c = 0; c < C; ++c) gv[b * HD + h * D + c0 + c] = acc[c];
-      }
+      for (int64_t b = 0; b < P; ++b)
+        weighted_rows(ph + b, P, go + h * D + c0, HD, P, C, acc, gv + b * HD + h * D + c0);
       // through s = sum_l A_l (q_l . k_l): A_l takes G (q_l . k_l), q_l[a] sum_b G A_l k_l[b]
       for (int64_t a = 0; a < P; ++a) {
         for (int64_t c = 0; c < C; ++c) row[c] = q[a * HD + h * D + c0 + c], acc[c] = V{};
