@@ -1,4 +1,4 @@
-"""``allscaip protocol density|hvap|liquid``: argument parser and handler."""
+"""``allscaip protocol density|hvap|liquid|compare``: argument parser and handlers."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def add_protocol_parser(commands) -> None:
                                ". Options not given take the --quick preset (with --quick) or the defaults.")
         _add_arguments(sub)
         sub.set_defaults(handler=run_protocol_command)
+    compare = kinds.add_parser("compare", help="a run against a reference run of the same protocol",
+                               description="Relative differences of a run's density and ΔHvap from a reference "
+                               "run's (e.g. a model against its teacher potential), with their error bars and "
+                               "verdicts against tolerances (allscaip.protocols.compare).")
+    compare.add_argument("run", type=Path, help="run folder (or its report.json)")
+    compare.add_argument("reference", type=Path, help="reference run folder (or its report.json)")
+    compare.add_argument("--density-tolerance-percent", type=float, default=1.5, help="default 1.5")
+    compare.add_argument("--hvap-tolerance-percent", type=float, default=2.0, help="default 2")
+    compare.add_argument("--json", type=Path, help="also write the comparison to this file")
+    compare.set_defaults(handler=run_compare_command)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +110,21 @@ def _settings(args: argparse.Namespace):
 
         given["model"] = str(default_model_path())
     return resolve(given)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    import json
+
+    from allscaip.protocols.compare import compare_reports, comparison_table, read_report
+
+    comparison = compare_reports(read_report(args.run), read_report(args.reference),
+                                 {"density_g_cm3": args.density_tolerance_percent,
+                                  "hvap_kj_mol": args.hvap_tolerance_percent})
+    print(f"{args.run} against {args.reference}\n")
+    print(comparison_table(comparison))
+    if args.json:
+        args.json.write_text(json.dumps(comparison, indent=1))
+    return 0
 
 
 def run_protocol_command(args: argparse.Namespace) -> int:
