@@ -74,8 +74,9 @@ class CompiledEnergy:
 
     def _prepare(self) -> None:
         """Before the first compilation: let the neighbourhood attention use the fused CPU kernel
-        (``allscaip.slot_kernel``) where it applies (frequency mask with equal blocks, parameters
-        on the CPU) and builds. An unpickled copy decides again on its first call, where it runs."""
+        (``allscaip.slot_kernel``) where it applies (frequency mask with equal blocks, at most
+        ``MAX_HEAD_DIM`` channels per head, parameters on the CPU) and builds. An unpickled copy
+        decides again on its first call, where it runs."""
         if self.slot_kernel is not None:
             return
         from allscaip import slot_kernel
@@ -83,7 +84,7 @@ class CompiledEnergy:
 
         layers = [m for m in self.model.modules() if isinstance(m, NeighborhoodAttention)]
         fits = all(m.use_freq_mask and len(set(m.frequency_repeats)) == 1
-                   and sum(m.frequency_repeats) == m.src_attn.head_dim for m in layers)
+                   and sum(m.frequency_repeats) == m.src_attn.head_dim <= slot_kernel.MAX_HEAD_DIM for m in layers)
         on_cpu = all(p.device.type == "cpu" for p in self.model.parameters())
         self.slot_kernel = bool(layers) and fits and on_cpu and slot_kernel.available()
         self.model.backbone.use_slot_kernel = self.slot_kernel

@@ -24,6 +24,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("slot_attention.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
+MAX_HEAD_DIM = 256  # channels per head the kernel takes (MAX_DIM in slot_attention.cpp)
 _state: dict = {"loaded": None}
 _lock = threading.Lock()
 
