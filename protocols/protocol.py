@@ -12,8 +12,10 @@ import csv
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from allscaip.protocols.settings import ProtocolSettings
 
 EXTENSION_FRACTION = 0.25  # each extension adds this fraction of the production length
 DEFAULT_MAX_FACTOR = 4.0  # without --max-production, extend to at most 4x production
+WALL_TIME_INTERVAL = 60.0  # seconds between writes of wall_time.json while phases run
 
 
 class Progress:
@@ -231,15 +234,37 @@ class LiquidProtocol:
         (self.out / "wall_time.json").write_text(json.dumps({"seconds": total}))
         return total
 
+    @contextmanager
+    def wall_clock(self):
+        """Keep ``wall_time.json`` current while phases run, so that a killed run (a session's
+        end, SIGKILL) loses at most WALL_TIME_INTERVAL seconds of its wall time when resumed."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(WALL_TIME_INTERVAL):
+                self.wall_time()
+
+        thread = threading.Thread(target=beat, name="wall-clock", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.wall_time()
+
     def run_phases(self, liquid_steps: int, gas_steps: int) -> None:
         """Run every replica's phases to the given lengths: one after another, or with
         ``workers`` > 1 that many replicas at once in worker processes."""
+        with self.wall_clock():
+            self._run_phases(liquid_steps, gas_steps)
+
+    def _run_phases(self, liquid_steps: int, gas_steps: int) -> None:
         s = self.settings
         workers = min(s.workers, s.replicas)
         if workers == 1:
             for replica in range(s.replicas):
                 run_replica(s, replica, liquid_steps, gas_steps, self.progress)
-                self.wall_time()
             return
         import torch
 
@@ -253,7 +278,6 @@ class LiquidProtocol:
                     for replica, threads in enumerate(shares)]
             for job in jobs:
                 job.result()  # re-raises a worker's error (e.g. SimulationExploded)
-        self.wall_time()
 
     def completed(self, kind: str) -> int:
         return min(completed_steps(self.replica_dir(r) / kind) for r in range(self.settings.replicas))

@@ -3,6 +3,7 @@ complete outputs, resume after an interruption, the LAMMPS engine, and input err
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -247,6 +248,28 @@ def test_compile_runs_the_liquid_and_the_gas_phase_through_the_compiled_pythonfo
             assert (phase.backend, phase.compile) == (("python", True) if compile else ("torchforce", False))
 
 
+def test_wall_time_survives_a_killed_run(tiny_model, tmp_path, monkeypatch):
+    """wall_time.json is rewritten while the replicas run, not only after them, so a run killed
+    mid-phase (a session's end) keeps its wall time, and the resumed run's report adds to it."""
+    out = tmp_path / "water"
+    args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
+    monkeypatch.setattr(protocol_module, "WALL_TIME_INTERVAL", 0.05)
+    seen = []
+
+    def killed_replica(settings, *_):
+        time.sleep(0.5)
+        seen.append(json.loads((out / "wall_time.json").read_text())["seconds"])
+        raise KeyboardInterrupt  # stands in for the kill: nothing after it runs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(protocol_module, "run_replica", killed_replica)
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+    assert seen and seen[0] >= 0.4
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((out / "report.json").read_text())["wall_time_s"] > seen[0]
+
+
 @pytest.mark.slow
 def test_killed_process_resumes(tiny_model, tmp_path):
     """SIGKILL a protocol subprocess mid-run; --resume keeps every sample written before it."""
@@ -254,7 +277,6 @@ def test_killed_process_resumes(tiny_model, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "water"
     args = ["protocol", "density", *SHORT, "--model", tiny_model, "--out", str(out)]
