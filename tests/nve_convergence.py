@@ -17,7 +17,7 @@ import numpy as np
 from ase import Atoms, units
 
 from allscaip.io import load_model, save_model
-from allscaip.models import default_model_path
+from allscaip.models import small_water_model_path
 from conftest import golden_structures, to_atoms
 
 TIMESTEPS_FS = (0.5, 0.25, 0.125)
@@ -55,12 +55,12 @@ def is_second_order(ratios: np.ndarray) -> bool:
 
 
 def shipped_model() -> Path:
-    return default_model_path()
+    return small_water_model_path()
 
 
 def hard_count_copy(path: Path) -> Path:
     """The shipped weights with fairchem's hard neighbour count (energy jumps)."""
-    model = load_model(default_model_path())
+    model = load_model(small_water_model_path())
     model.config.smooth_node_order = False
     model.backbone.smooth_node_order = False
     metadata = {k: v for k, v in model.metadata.items() if k != "weights_sha256"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from allscaip.batch import evaluate_batch
-from allscaip.models import default_model_path
+from allscaip.models import small_water_model_path
 from allscaip.io import load_model
 from conftest import fresh_model, golden_structures, model_inputs
 
@@ -64,7 +64,7 @@ def test_no_system_sees_another():
 def test_training_loss_gradient_equals_the_sum_over_systems():
     """Force and stress training through a batch gives the parameters the same gradient as
     the per-system calls it replaces (double backward included)."""
-    model = load_model(default_model_path(), dtype=torch.float64).train()
+    model = load_model(small_water_model_path(), dtype=torch.float64).train()
     systems = golden_batch()
     systems = [s for s in systems if set(s.numbers.tolist()) <= {1, 8}]  # the shipped model's elements
     assert len(systems) >= 8

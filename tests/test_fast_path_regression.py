@@ -1,9 +1,9 @@
 """The model's function is pinned while its implementation gets faster: every golden
-structure, with every golden checkpoint and the shipped default model, gives the float64
+structure, with every golden checkpoint and the shipped small water model, gives the float64
 energy, forces and virial recorded at the reference commit (tools/make_regression_outputs.py),
 eagerly and through TorchScript.
 
-The record was made on another CPU. The shipped model (harmonics to l = 3) reproduces it to
+The record was made on another CPU. The small water model (harmonics to l = 3) reproduces it to
 1e-15 on other CPUs and is held to 1e-9. The golden checkpoints (harmonics to l = 9, built
 from monomials with large cancelling coefficients; energies of ~2000 eV) amplify the CPU's
 last-bit differences: on an AMD EPYC (AVX-512, torch 2.9.1) they differed from the record by
@@ -22,16 +22,17 @@ from allscaip.export import script_model
 from conftest import CONFIGS, fresh_model, golden_structures, model_inputs
 
 RECORD = json.loads((Path(__file__).parent / "fixtures" / "regression" / "outputs.json").read_text())
+# "default_model" in the record: the small water model, the default when the record was made
 TOLERANCE = {"default_model": (1e-9, 1e-9)}  # (energy eV, forces eV/A and virial eV)
 GOLDEN_TOLERANCE = (5e-5, 5e-6)
-DEFAULT_MODEL = Path(__file__).parents[1] / "models" / "allscaip-spcfw-water" / "model.pt"
 
 
 def model_named(name: str):
     if name == "default_model":
         from allscaip.io import load_model
+        from allscaip.models import SMALL_WATER_MODEL
 
-        return load_model(str(DEFAULT_MODEL)).to(torch.float64).eval()
+        return load_model(str(SMALL_WATER_MODEL)).to(torch.float64).eval()
     return fresh_model(name)
 
 

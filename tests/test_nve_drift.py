@@ -9,7 +9,7 @@ import pytest
 from ase.data import atomic_masses
 from openmm import app, unit
 
-from allscaip.models import default_model_path
+from allscaip.models import small_water_model_path
 from conftest import golden_structures, load_script, to_atoms
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "nve_drift.py"
@@ -65,7 +65,7 @@ def test_a_float64_nve_run_of_the_shipped_model_conserves_its_energy(tmp_path):
     temperature is the velocities' own, in SI units."""
     tool = load_script(TOOL, "nve_drift")
     _, velocities = write_replica(tmp_path)
-    result = tool.nve_drift(str(default_model_path()), tmp_path, steps=20, timestep_fs=0.5, hydrogen_mass=4.0,
+    result = tool.nve_drift(str(small_water_model_path()), tmp_path, steps=20, timestep_fs=0.5, hydrogen_mass=4.0,
                             dtype="float64", compile=False, sample_every=1)
     numbers, *_, bonds = tool.replica_state(tmp_path)
     masses = tool.repartitioned_masses(numbers, bonds, 4.0) * AMU_KG

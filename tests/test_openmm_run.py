@@ -11,7 +11,7 @@ import pytest
 from openmm import app
 
 from allscaip.plugins.openmm.run import RunSettings, SimulationExploded, run
-from allscaip.models import default_model_path
+from allscaip.models import small_water_model_path
 from openmm_helpers import water_topology
 
 
@@ -22,7 +22,7 @@ def inputs(tmp_path_factory):
     pdb = folder / "box.pdb"
     with open(pdb, "w") as handle:
         app.PDBFile.writeFile(topology, positions, handle)
-    return pdb, default_model_path()
+    return pdb, small_water_model_path()
 
 
 def settings(inputs, out, **overrides):

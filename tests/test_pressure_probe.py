@@ -47,14 +47,14 @@ def test_molecular_pressure_is_the_strain_derivative_with_rigid_molecules():
     from ase import Atoms
 
     from allscaip.calculator import AllScAIPCalculator
-    from allscaip.models import default_model_path
+    from allscaip.models import small_water_model_path
 
     tool = load_tool()
     frame = next(f for f in read_frames(Path(__file__).resolve().parent.parent / "datasets" / "spcfw-test-v2")
                  if np.any(f.pbc) and len(f.numbers) == 48)
     positions = whole_waters(np.asarray(frame.positions), np.asarray(frame.cell))
     atoms = Atoms(numbers=frame.numbers, positions=positions, cell=frame.cell, pbc=True)
-    atoms.calc = AllScAIPCalculator(model_path=default_model_path())
+    atoms.calc = AllScAIPCalculator(model_path=small_water_model_path())
     atoms.set_velocities(np.zeros((48, 3)))  # configurational parts only
     atomic, molecular = tool.pressures(atoms)
     masses = atoms.get_masses().reshape(-1, 3, 1)

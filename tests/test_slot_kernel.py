@@ -99,11 +99,11 @@ def test_the_compiled_path_takes_the_kernel_only_for_heads_it_can_hold(monkeypat
     """The shipped model (16 channels per head) runs through the kernel; a limit below its
     head width keeps inductor's kernels (the kernel would refuse the call)."""
     from allscaip.io import load_model
-    from allscaip.models import default_model_path
+    from allscaip.models import small_water_model_path
 
     for limit, expected in ((slot_kernel.MAX_HEAD_DIM, True), (8, False)):
         monkeypatch.setattr(slot_kernel, "MAX_HEAD_DIM", limit)
-        model = load_model(str(default_model_path())).compile_network()
+        model = load_model(str(small_water_model_path())).compile_network()
         model.compiled._prepare()
         assert model.compiled.slot_kernel is expected
         assert model.backbone.use_slot_kernel is expected
