@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo: environment report, then the water density + heat-of-vaporization protocol with
-# the shipped default model (--quick: 64 waters, 5 ps liquid + 9 ps gas, ~15 minutes on 2
-# cores). It prints the summary table and its verdict (a --quick run is a smoke test, not
-# converged); an interrupted demo resumes where it stopped.
+# the default model (--quick: 64 waters, 5 ps liquid + 9 ps gas, ~20 minutes on 2 cores). It
+# prints the summary table and its verdict (a --quick run is a smoke test, not converged); an
+# interrupted demo resumes where it stopped.
 DEMO := demo-output
 demo: $(STAMP)
 	$(BIN)/allscaip info

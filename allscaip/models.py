@@ -7,7 +7,8 @@ from pathlib import Path
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # hidden 32, knn_k 16: the small, fast water model; tests use it as a realistic trained model
 SMALL_WATER_MODEL = MODELS_DIR / "allscaip-spcfw-water" / "model.pt"
-DEFAULT_MODEL = SMALL_WATER_MODEL  # what the protocols and MLPotential use without a model
+# hidden 64, knn_k 32: reproduces its SPC/Fw teacher's liquid; what the protocols use without a model
+DEFAULT_MODEL = MODELS_DIR / "allscaip-spcfw-water-v2" / "model.pt"
 
 
 def shipped_model_path(path: Path) -> Path:

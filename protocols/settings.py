@@ -14,9 +14,9 @@ ENGINES = ("openmm", "lammps")
 # --quick: 64 molecules with hydrogen mass repartitioning (H 4 amu) and 1.5 fs steps -- the
 # reference potential measured no change of static averages with HMR at 1.5 fs
 # (docs/reference-potential.md) -- 1 + 4 ps liquid and 1 + 8 ps gas: 3 300 liquid steps
-# (64 waters) + 6 000 gas steps (one molecule) + minimisation. Sized for the shipped model,
-# measured at ~105 ms per 64-water call on 2 cores (benchmarks/RESULTS.md): a smoke test
-# of the whole pipeline within 10 minutes, not a measurement (wide error bars).
+# (64 waters) + 6 000 gas steps (one molecule) + minimisation: a smoke test of the whole
+# pipeline in ~20 minutes on 2 cores with the default model (108-124 ms per 64-water step),
+# not a measurement (wide error bars).
 QUICK = {"n_molecules": 64, "hydrogen_mass": 4.0, "timestep": 1.5, "equilibration": 1.0,
          "production": 4.0, "gas_equilibration": 1.0, "gas_production": 8.0, "replicas": 1,
          "report_interval": 100}

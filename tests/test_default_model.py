@@ -46,5 +46,7 @@ def test_default_model_reproduces_the_reference_on_fresh_frames(model):
         energy, forces, _ = model(*atoms_inputs)
         rms = np.sqrt(np.mean(frame.forces ** 2))
         rmse = np.sqrt(np.mean((forces.detach().numpy() - frame.forces) ** 2))
-        assert rmse < 0.15 * rms
-        assert abs(float(energy.detach()) - frame.energy) / len(frame) < 0.01  # eV/atom
+        # measured: 3.6 % and 5.0 % of the RMS force, +0.39 and +0.36 meV/atom (the small
+        # model errs by 10.3 % and 13.0 %, so these bounds tell the two apart)
+        assert rmse < 0.08 * rms
+        assert abs(float(energy.detach()) - frame.energy) / len(frame) < 0.002  # eV/atom
